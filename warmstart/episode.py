@@ -1,0 +1,154 @@
+"""The one record type that travels init -> rollout -> search -> reward -> learn.
+
+Two shapes of the same idea:
+
+* :class:`Episode` -- one interaction of a *token* policy: the prompt, everything that followed it as
+  token ids (policy turns and environment/tool messages alike), a mask of which of those tokens the
+  policy produced, their behaviour log-probs, turn spans, and the reward terms by name (final and
+  per turn). Search, rewards and learners read and write these; nothing else passes between stages.
+  :func:`collate` turns a list of them into padded tensors (:class:`TokenBatch`) for a learner.
+* :class:`Transitions` -- a rollout of a *vector* policy over ``N`` parallel envs for ``T`` steps:
+  observations, actions, log-probs, rewards, terminations, values (and anything a method adds, such
+  as post-decision states, in ``extra``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Episode:
+    """One token-policy interaction, possibly multi-turn.
+
+    ``ids`` holds every token after the prompt. ``action_mask[i]`` is True when ``ids[i]`` was
+    produced by the policy (those tokens get a loss), False for environment or tool tokens (no loss,
+    no gradient). ``logprobs[i]`` is the behaviour policy's log-prob of ``ids[i]`` (0.0 where the
+    mask is False). ``turns`` lists the ``[start, end)`` spans of the policy turns within ``ids``.
+    ``rewards`` keeps each final reward term by name (``None`` when a reward function failed);
+    ``turn_rewards[k]`` the terms given to turn ``k``. ``reward`` is the weighted total used by the
+    learner; ``group`` ties together the samples of one prompt (GRPO groups).
+    """
+
+    prompt: str
+    prompt_ids: list[int]
+    ids: list[int] = field(default_factory=list)
+    action_mask: list[bool] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    turns: list[tuple[int, int]] = field(default_factory=list)
+    text: str = ""  # decoded policy output (all turns joined) for rewards and display
+    turn_texts: list[str] = field(default_factory=list)
+    rewards: dict[str, float | None] = field(default_factory=dict)
+    turn_rewards: list[dict[str, float | None]] = field(default_factory=list)
+    reward: float = 0.0
+    group: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def add_turn(self, ids: list[int], logprobs: list[float], text: str = "") -> None:
+        """Append a policy turn (tokens that get a loss)."""
+        start = len(self.ids)
+        self.ids.extend(ids)
+        self.action_mask.extend([True] * len(ids))
+        self.logprobs.extend(logprobs)
+        self.turns.append((start, len(self.ids)))
+        self.turn_texts.append(text)
+        self.turn_rewards.append({})
+        self.text += text
+
+    def add_env(self, ids: list[int]) -> None:
+        """Append environment/tool tokens (masked out of the loss)."""
+        self.ids.extend(ids)
+        self.action_mask.extend([False] * len(ids))
+        self.logprobs.extend([0.0] * len(ids))
+
+    def check(self) -> None:
+        """Raise ValueError if the parallel lists disagree in length (a bug, not user error)."""
+        n = len(self.ids)
+        if len(self.action_mask) != n or len(self.logprobs) != n:
+            raise ValueError(
+                f"episode is inconsistent: {n} ids, {len(self.action_mask)} mask entries, "
+                f"{len(self.logprobs)} logprobs"
+            )
+
+
+@dataclass
+class TokenBatch:
+    """Padded tensors for a learner; built by :func:`collate`.
+
+    Shapes: ``input_ids``/``attention_mask`` are (B, T) with prompt + interaction, right-padded.
+    Everything indexed by *target* position is (B, T-1): position ``t`` scores ``input_ids[:, t+1]``
+    from the logits at ``t``. ``action_mask`` marks policy tokens, ``turn_index`` the policy turn
+    (-1 elsewhere), ``old_logprobs`` the behaviour log-probs, ``token_rewards`` per-turn rewards
+    placed on the last token of their turn.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    action_mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    turn_index: torch.Tensor
+    rewards: torch.Tensor  # (B,) total reward per episode
+    groups: torch.Tensor  # (B,)
+
+    @property
+    def num_action_tokens(self) -> int:
+        return int(self.action_mask.sum())
+
+
+def collate(episodes: list[Episode], pad_id: int) -> TokenBatch:
+    """Pad a list of episodes into a :class:`TokenBatch` (right padding; causal attention makes the
+    pad positions invisible to the real ones)."""
+    if not episodes:
+        raise ValueError("collate() needs at least one episode")
+    seqs = [e.prompt_ids + e.ids for e in episodes]
+    T = max(len(s) for s in seqs)
+    B = len(seqs)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, T), dtype=torch.long)
+    action = torch.zeros((B, T - 1), dtype=torch.bool)
+    old_lp = torch.zeros((B, T - 1), dtype=torch.float32)
+    turn_idx = torch.full((B, T - 1), -1, dtype=torch.long)
+    for b, (e, s) in enumerate(zip(episodes, seqs)):
+        e.check()
+        input_ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attention[b, : len(s)] = 1
+        p = len(e.prompt_ids)
+        n = len(e.ids)
+        if n:
+            # token ids[i] sits at input position p+i and is predicted at target position p+i-1
+            action[b, p - 1 : p - 1 + n] = torch.tensor(e.action_mask, dtype=torch.bool)
+            old_lp[b, p - 1 : p - 1 + n] = torch.tensor(e.logprobs, dtype=torch.float32)
+            for k, (s0, s1) in enumerate(e.turns):
+                turn_idx[b, p - 1 + s0 : p - 1 + s1] = k
+    rewards = torch.tensor([float(e.reward) for e in episodes], dtype=torch.float32)
+    groups = torch.tensor([e.group for e in episodes], dtype=torch.long)
+    return TokenBatch(input_ids, attention, action, old_lp, turn_idx, rewards, groups)
+
+
+@dataclass
+class Transitions:
+    """A vector-policy rollout: tensors of shape (T, N, ...) for T steps of N parallel envs.
+
+    ``terminated`` marks true ends (no bootstrap), ``truncated`` time-limit ends (bootstrap from
+    ``final_values``); ``last_obs``/``last_done`` describe the state after the last step, used to
+    bootstrap GAE. Methods add what they need in ``extra`` (e.g. PDPPO's post-decision states).
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    values: torch.Tensor
+    last_obs: torch.Tensor | None = None
+    last_done: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.rewards.shape[0] * self.rewards.shape[1])
