@@ -1,0 +1,342 @@
+"""PPO for vector policies on Gymnasium tasks (``kind: ppo``), and PDPPO (``kind: pdppo``).
+
+Read top to bottom, in the order it runs: config -> rollout -> advantages -> update -> the phase.
+One engine step is one PPO *iteration*: ``num_steps`` steps of ``num_envs`` envs, then
+``update_epochs`` passes over the batch in ``num_minibatches`` minibatches. So a phase of
+``steps: S`` sees ``S * num_envs * num_steps`` env steps.
+
+Implementation details follow CleanRL's ``ppo.py`` (orthogonal init and separate actor/critic in
+:mod:`warmstart.policies.mlp`; Adam eps 1e-5; linear LR annealing; GAE; shuffled minibatches;
+per-minibatch advantage normalisation; clipped value loss; entropy bonus; global gradient-norm
+clipping; optional early stop on ``target_kl``), with two deliberate differences: time-limit
+truncations bootstrap from the value of the final observation (as SB3 does; CleanRL treats them
+as terminations), and observation statistics live in the policy (so a saved policy carries them).
+The math (GAE, clipped surrogate, value loss, KL estimate) is :mod:`warmstart.learn.core`'s.
+
+**PDPPO** (Felizardo et al., METHODS.md G): ``critic: dual`` (the default of ``kind: pdppo``) adds a
+critic V_post on the post-decision state s^x_t that the env reports in
+``info["post_decision_state"]``. Every rollout step gets the combined value
+``b_t = min(V(s_t), V_post(s^x_t))`` (``combine: mean`` averages instead); GAE runs over ``b`` (the
+bootstrap after the last step, or after a truncation, uses V(s) alone since no action -- hence no
+post-decision state -- exists there yet), so ``A_t = G^lambda_t - b_t``, and *both* critics regress
+on the same lambda-return ``G^lambda_t = A_t + b_t``, each with its own clipped value loss.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections import deque
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from warmstart.engine.config import PhaseConfig
+from warmstart.episode import Transitions
+from warmstart.errors import ConfigError
+from warmstart.learn.core import clipped_surrogate, explained_variance, gae, kl_estimate, normalize, value_loss
+from warmstart.policies.mlp import RunningMeanStd
+from warmstart.registry import PHASES
+
+POST_KEY = "post_decision_state"
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+class PPOConfig(PhaseConfig):
+    """One engine step = one rollout of ``num_envs * num_steps`` env steps + the update epochs."""
+
+    num_envs: int = Field(4, ge=1, description="parallel envs")
+    num_steps: int = Field(128, ge=1, description="steps per env per iteration (rollout length)")
+    lr: float = Field(2.5e-4, gt=0, description="Adam learning rate of the actor (and the critics unless critic_lr is set)")
+    critic_lr: float | None = Field(None, gt=0, description="separate learning rate for the critic(s); default: lr")
+    anneal_lr: bool = Field(True, description="decay learning rates linearly to 0 over the phase's steps")
+    adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon (1e-5 as in CleanRL/OpenAI baselines)")
+    gamma: float = Field(0.99, ge=0, le=1, description="discount factor")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    num_minibatches: int = Field(4, ge=1, description="minibatches per epoch (minibatch = num_envs*num_steps/num_minibatches)")
+    update_epochs: int = Field(4, ge=1, description="passes over each rollout (PDPPO paper: K = 60)")
+    norm_adv: bool = Field(True, description="normalise advantages per minibatch")
+    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip epsilon")
+    clip_vloss: bool = Field(True, description="clip the value loss around the rollout's values (by clip_coef)")
+    ent_coef: float = Field(0.01, ge=0, description="entropy bonus coefficient")
+    vf_coef: float = Field(0.5, ge=0, description="value loss coefficient (applies to each critic)")
+    max_grad_norm: float = Field(0.5, gt=0, description="global gradient-norm clip over all parameters")
+    target_kl: float | None = Field(None, gt=0, description="stop the epochs early once approx_kl exceeds this")
+    normalize_reward: bool = Field(
+        False, description="scale rewards by a running std of the discounted return (Gymnasium's NormalizeReward)"
+    )
+    reward_clip: float = Field(10.0, gt=0, description="clip normalised rewards to [-reward_clip, reward_clip]")
+    critic: Literal["single", "dual"] = Field(
+        "single", description="'dual': PDPPO's second critic on post-decision states (needs post_critic: true in the policy)"
+    )
+    combine: Literal["min", "mean"] = Field("min", description="how the dual critics combine into the baseline (PDPPO: min)")
+    env_seed: int | None = Field(None, description="seed of the training envs (default: the recipe seed)")
+    return_window: int = Field(20, ge=1, description="episodic_return is the mean over the last N finished episodes")
+
+
+class PDPPOConfig(PPOConfig):
+    """PPO with PDPPO's dual critics on by default, and the paper's entropy coefficient and learning
+    rates (actor 5.5e-4, critics 1e-3)."""
+
+    critic: Literal["single", "dual"] = Field("dual", description="'dual': the post-decision critic (PDPPO)")
+    ent_coef: float = Field(0.012, ge=0, description="entropy bonus coefficient (paper: 0.012)")
+    lr: float = Field(5.5e-4, gt=0, description="actor learning rate (paper: 5.5e-4)")
+    critic_lr: float | None = Field(1e-3, gt=0, description="critic learning rate (paper: 1e-3)")
+
+
+# ---------------------------------------------------------------------------------------- rollout
+
+
+class RewardScaler:
+    """Divides rewards by the running std of each env's discounted return (no centring), as
+    Gymnasium's ``NormalizeReward`` and SB3's ``VecNormalize`` do."""
+
+    def __init__(self, num_envs: int, gamma: float, clip: float):
+        self.rms = RunningMeanStd(())
+        self.ret = np.zeros(num_envs)
+        self.gamma, self.clip = gamma, clip
+
+    def __call__(self, rew: np.ndarray, done: np.ndarray) -> np.ndarray:
+        self.ret = self.ret * self.gamma + rew
+        self.rms.update(torch.from_numpy(self.ret))
+        self.ret[done] = 0.0
+        return np.clip(rew / np.sqrt(self.rms.var.item() + 1e-8), -self.clip, self.clip)
+
+    def state_dict(self) -> dict:
+        return {"rms": self.rms.state_dict(), "ret": self.ret.copy()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.rms.load_state_dict(s["rms"])
+        self.ret = s["ret"].copy()
+
+
+@torch.no_grad()
+def collect(policy, envs, next_obs: torch.Tensor, cfg: PPOConfig, scaler: RewardScaler | None, finished: deque):
+    """Run ``cfg.num_steps`` steps of every env. Returns the rollout as :class:`Transitions` (obs
+    stored as the network saw them, i.e. normalised) and the raw observation to continue from.
+
+    ``extra`` holds ``next_values`` (T, N): the value of the state reached after each step (for a
+    truncation: of the final observation), and for the dual critic ``post_obs`` / ``post_values``.
+    """
+    T, N, D = cfg.num_steps, envs.num_envs, next_obs.shape[-1]
+    dual = cfg.critic == "dual"
+    obs = torch.zeros((T, N, D))
+    actions = None
+    logprobs, rewards, values = torch.zeros((T, N)), torch.zeros((T, N)), torch.zeros((T + 1, N))
+    terminated, truncated = torch.zeros((T, N)), torch.zeros((T, N))
+    post_obs, post_values = (torch.zeros((T, N, D)), torch.zeros((T, N))) if dual else (None, None)
+    final_values = {}  # t -> (env indices, V(final obs)) for truncations
+    for t in range(T):
+        if policy.cfg.normalize_obs:
+            policy.obs_rms.update(next_obs)
+        x = policy.normalize_obs(next_obs)  # (N, D)
+        a, logp = policy.sample(x)
+        obs[t], logprobs[t], values[t] = x, logp, policy.value(x)
+        if actions is None:
+            actions = torch.zeros((T, *a.shape), dtype=a.dtype)
+        actions[t] = a
+        o, r, te, tr, info = envs.step(a.numpy())
+        if dual:
+            if POST_KEY not in info:
+                raise ConfigError(
+                    f"critic: dual needs an env that reports info[{POST_KEY!r}] (e.g. warmstart/LotSizing-v0)"
+                )
+            px = policy.normalize_obs(torch.from_numpy(info[POST_KEY]))
+            post_obs[t], post_values[t] = px, policy.post_value(px)
+        done = te | tr
+        if scaler is not None:
+            r = scaler(r, done)
+        rewards[t] = torch.from_numpy(r)
+        terminated[t], truncated[t] = torch.from_numpy(te), torch.from_numpy(tr)
+        if info["episode_return"] is not None:
+            finished.extend(info["episode_return"][done].tolist())
+        if tr.any():
+            idx = np.nonzero(tr)[0]
+            final_values[t] = (torch.from_numpy(idx), policy.value(policy.normalize_obs(torch.from_numpy(info["final_obs"][idx]))))
+        next_obs = torch.from_numpy(o)
+    values[T] = policy.value(policy.normalize_obs(next_obs))
+    next_values = values[1:].clone()
+    if dual:
+        # the combined, action-dependent value of each step; bootstraps after the last step stay V(s)
+        combined = _combine(values[:T], post_values, cfg.combine)
+        next_values[: T - 1] = combined[1:]
+    for t, (idx, v) in final_values.items():
+        next_values[t, idx] = v
+    roll = Transitions(
+        obs=obs, actions=actions, logprobs=logprobs, rewards=rewards, terminated=terminated,
+        truncated=truncated, values=values[:T], last_obs=next_obs,
+        extra={"next_values": next_values},
+    )
+    if dual:
+        roll.extra.update(post_obs=post_obs, post_values=post_values, state_values=values[:T])
+        roll.values = combined
+    return roll, next_obs
+
+
+def _combine(v: torch.Tensor, v_post: torch.Tensor, how: str) -> torch.Tensor:
+    return torch.minimum(v, v_post) if how == "min" else 0.5 * (v + v_post)
+
+
+# ------------------------------------------------------------------------------------- advantages
+
+
+def advantages(roll: Transitions, cfg: PPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over the rollout; returns (advantages, returns), each (T, N)."""
+    ended = torch.clamp(roll.terminated + roll.truncated, max=1.0)
+    return gae(
+        roll.rewards, roll.values, roll.extra["next_values"],
+        next_nonterminal=1.0 - roll.terminated, episode_continues=1.0 - ended,
+        gamma=cfg.gamma, lam=cfg.gae_lambda,
+    )
+
+
+# ----------------------------------------------------------------------------------------- update
+
+
+def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.Tensor, cfg: PPOConfig) -> dict:
+    """``update_epochs`` passes of clipped-PPO minibatch updates; returns the debug metrics."""
+    dual = cfg.critic == "dual"
+    B = roll.rewards.numel()
+    b_obs = roll.obs.reshape(B, -1)
+    b_act = roll.actions.reshape(B, *roll.actions.shape[2:])
+    b_logp, b_adv, b_ret = roll.logprobs.reshape(B), adv.reshape(B), ret.reshape(B)
+    b_val = (roll.extra["state_values"] if dual else roll.values).reshape(B)
+    if dual:
+        b_post, b_pval = roll.extra["post_obs"].reshape(B, -1), roll.extra["post_values"].reshape(B)
+    mb_size = max(1, B // cfg.num_minibatches)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    stats = {"loss_policy": [], "loss_value": [], "entropy": [], "approx_kl": [], "clipfrac": []}
+    if dual:
+        stats["loss_value_post"] = []
+    for _epoch in range(cfg.update_epochs):
+        perm = torch.randperm(B)
+        for start in range(0, B - mb_size + 1, mb_size):
+            mb = perm[start : start + mb_size]
+            x = b_obs[mb]
+            logp, ent = policy.evaluate_actions(x, b_act[mb])
+            mb_adv = normalize(b_adv[mb]) if cfg.norm_adv and mb_size > 1 else b_adv[mb]
+            pg, ratio, _ = clipped_surrogate(logp, b_logp[mb], mb_adv, cfg.clip_coef)
+            clip = cfg.clip_coef if cfg.clip_vloss else None
+            v_loss = value_loss(policy.value(x), b_ret[mb], b_val[mb], clip).mean()
+            loss = pg.mean() - cfg.ent_coef * ent.mean() + cfg.vf_coef * v_loss
+            if dual:
+                vp_loss = value_loss(policy.post_value(b_post[mb]), b_ret[mb], b_pval[mb], clip).mean()
+                loss = loss + cfg.vf_coef * vp_loss
+                stats["loss_value_post"].append(vp_loss.detach())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                # KL(behaviour || current) from behaviour samples (CleanRL's approx_kl); clipfrac
+                # as CleanRL defines it: share of samples whose ratio left [1-eps, 1+eps]
+                kl = kl_estimate(b_logp[mb], logp, "k3").mean()
+                stats["approx_kl"].append(kl)
+                stats["clipfrac"].append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean())
+                stats["loss_policy"].append(pg.mean().detach())
+                stats["loss_value"].append(v_loss.detach())
+                stats["entropy"].append(ent.mean().detach())
+        if cfg.target_kl is not None and stats["approx_kl"][-1] > cfg.target_kl:
+            break
+    out = {k: float(torch.stack(v).mean()) for k, v in stats.items() if v}
+    out["approx_kl"] = float(stats["approx_kl"][-1])  # of the last minibatch, as CleanRL logs it
+    out["explained_variance"] = explained_variance(roll.values.reshape(B), b_ret)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ phase
+
+
+class PPOPhase:
+    """The engine-facing learner: owns the envs, the optimizer and the reward scaler; its
+    ``state_dict`` pickles the envs (their RNGs and episode progress) so a resume is exact."""
+
+    def __init__(self, cfg: PPOConfig, ctx):
+        self.cfg, self.ctx, self.policy, self.task = cfg, ctx, ctx.policy, ctx.task
+        if not hasattr(self.task, "make_envs"):
+            raise ConfigError(f"phase {cfg.label!r} (PPO) needs a Gymnasium task (task.kind: gym)")
+        if cfg.critic == "dual" and getattr(self.policy, "post_critic", None) is None:
+            raise ConfigError(
+                f"phase {cfg.label!r}: critic: dual needs the policy's post-decision critic; set policy.post_critic: true"
+            )
+        seed = ctx.seed if cfg.env_seed is None else cfg.env_seed
+        info_keys = (POST_KEY,) if cfg.critic == "dual" else ()
+        self.envs, first_obs = self.task.make_envs(cfg.num_envs, seed=seed, info_keys=info_keys)
+        self.next_obs = torch.from_numpy(first_obs)
+        actor = [p for n, p in self.policy.named_parameters() if not n.startswith(("critic.", "post_critic."))]
+        critics = [p for n, p in self.policy.named_parameters() if n.startswith(("critic.", "post_critic."))]
+        if cfg.critic == "single" and self.policy.post_critic is not None:
+            critics = [p for n, p in self.policy.named_parameters() if n.startswith("critic.")]
+        self.optimizer = torch.optim.Adam(
+            [{"params": actor, "lr": cfg.lr, "base_lr": cfg.lr},
+             {"params": critics, "lr": cfg.critic_lr or cfg.lr, "base_lr": cfg.critic_lr or cfg.lr}],
+            eps=cfg.adam_eps,
+        )
+        self.scaler = RewardScaler(cfg.num_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
+        self.finished: deque = deque(maxlen=cfg.return_window)
+        self.iteration = 0
+
+    def on_start(self, first_step: int) -> None:
+        self.iteration = first_step
+        self.policy.train()
+
+    def step(self, global_step: int) -> dict[str, float]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        if cfg.anneal_lr:
+            frac = 1.0 - self.iteration / max(cfg.steps, 1)
+            for g in self.optimizer.param_groups:
+                g["lr"] = frac * g["base_lr"]
+        roll, self.next_obs = collect(self.policy, self.envs, self.next_obs, cfg, self.scaler, self.finished)
+        t1 = time.perf_counter()
+        adv, ret = advantages(roll, cfg)
+        metrics = update(self.policy, self.optimizer, roll, adv, ret, cfg)
+        t2 = time.perf_counter()
+        self.iteration += 1
+        n = roll.num_steps
+        metrics.update(
+            episodic_return=float(np.mean(self.finished)) if self.finished else float("nan"),
+            episodes=len(self.finished),
+            env_steps=self.iteration * n,
+            lr=self.optimizer.param_groups[0]["lr"],
+            sps=n / (t2 - t0),
+            time_rollout_s=t1 - t0,
+            time_update_s=t2 - t1,
+        )
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "optimizer": self.optimizer.state_dict(),
+            "envs": pickle.dumps(self.envs),
+            "next_obs": self.next_obs.clone(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "finished": list(self.finished),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = state["iteration"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.envs = pickle.loads(state["envs"])
+        self.next_obs = state["next_obs"].clone()
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.finished = deque(state["finished"], maxlen=self.cfg.return_window)
+
+    def on_end(self) -> None:
+        self.envs.close()
+
+
+@PHASES.register("ppo", PPOConfig, "PPO for MLP policies on Gymnasium tasks (critic: dual for PDPPO)")
+def build_ppo(cfg: PPOConfig, ctx) -> PPOPhase:
+    return PPOPhase(cfg, ctx)
+
+
+@PHASES.register("pdppo", PDPPOConfig, "PDPPO: PPO with a second critic on post-decision states")
+def build_pdppo(cfg: PDPPOConfig, ctx) -> PPOPhase:
+    return PPOPhase(cfg, ctx)
