@@ -98,13 +98,15 @@ class TokenBatch:
         return int(self.action_mask.sum())
 
 
-def collate(episodes: list[Episode], pad_id: int) -> TokenBatch:
+def collate(episodes: list[Episode], pad_id: int, pad_to_multiple: int = 8) -> TokenBatch:
     """Pad a list of episodes into a :class:`TokenBatch` (right padding; causal attention makes the
-    pad positions invisible to the real ones)."""
+    pad positions invisible to the real ones). Lengths are rounded up to ``pad_to_multiple``: CPU
+    kernels are tuned per shape, and fewer distinct shapes means fewer slow first calls."""
     if not episodes:
         raise ValueError("collate() needs at least one episode")
     seqs = [e.prompt_ids + e.ids for e in episodes]
     T = max(len(s) for s in seqs)
+    T = -(-T // pad_to_multiple) * pad_to_multiple if pad_to_multiple > 1 else T
     B = len(seqs)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
     attention = torch.zeros((B, T), dtype=torch.long)

@@ -14,6 +14,17 @@ from rich.table import Table
 
 console = Console()
 
+
+def quiet_hf() -> None:
+    """Hugging Face prints a progress bar per save; a run saves often."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
 # metrics shown on the progress line when a phase reports them
 _SHOWN = ("loss", "reward", "accuracy", "episodic_return", "tokens_per_s", "sps", "kl", "worked")
 
@@ -173,7 +184,7 @@ def plot_curves(run_dir: Path) -> Path | None:
 def print_summary_table(summary: dict) -> None:
     """Init vs final table of the evaluation metrics."""
     init, final = summary.get("init") or {}, summary.get("final") or {}
-    keys = [k for k in final if isinstance(final.get(k), (int, float)) and not k.endswith("_s")]
+    keys = [k for k in final if isinstance(final.get(k), (int, float)) and not k.endswith("_s") and k not in ("n", "k")]
     table = Table(title=f"{summary.get('recipe')}: evaluation ({summary.get('steps')} steps, {summary.get('time_s')} s)")
     table.add_column("metric")
     table.add_column("init", justify="right")

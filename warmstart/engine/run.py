@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from warmstart.engine.config import Recipe, dump_config
-from warmstart.engine.logging import MetricsLogger, console, plot_curves, print_summary_table
+from warmstart.engine.logging import MetricsLogger, console, plot_curves, print_summary_table, quiet_hf
 from warmstart.errors import WarmstartError
 from warmstart.registry import PHASES, POLICIES, REWARDS, TASKS
 
@@ -176,6 +176,7 @@ def run_recipe(
     quiet: bool = False,
 ) -> dict:
     """Run a validated recipe end to end; returns the summary dict (also written to summary.json)."""
+    quiet_hf()
     ctx = build_context(recipe, smoke=smoke)
     run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
     prepare_run_dir(run_dir, raw, resume)

@@ -1,0 +1,98 @@
+"""Supervised fine-tuning: the warm start. Demonstrations in, policy out.
+
+Each step draws a batch of (prompt, completion) demos, trains next-token cross-entropy on the
+completion tokens only (prompt tokens are context, masked out of the loss) and on the EOS that ends
+it. Batches are drawn from the step's seeded generator, so resuming needs no data-loader state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from warmstart.engine.config import PhaseConfig
+from warmstart.episode import Episode, collate
+from warmstart.errors import DataError
+from warmstart.learn.core import masked_mean
+from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
+from warmstart.registry import PHASES
+
+
+class SFTConfig(PhaseConfig):
+    kind: str = "sft"
+    role: Literal["init", "learn"] = "init"
+    batch_size: int = Field(128, ge=1, description="demonstrations per step")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate")
+    schedule: Schedule = Field("cosine", description="learning-rate schedule after warm-up")
+    warmup: int = Field(20, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip")
+    data: str = Field("task", description="'task' (the task's demonstrations) or a JSONL path with prompt/solution")
+
+
+def demo_episodes(policy, pairs: list[tuple[str, str]]) -> list[Episode]:
+    """Turn (prompt, completion) pairs into episodes whose completion (+EOS) is the policy's turn."""
+    eps = []
+    for prompt, completion in pairs:
+        e = Episode(prompt=prompt, prompt_ids=policy.encode_prompt(prompt))
+        ids = policy.encode(completion) + ([policy.eos_id] if policy.eos_id is not None else [])
+        e.add_turn(ids, [0.0] * len(ids), completion)
+        eps.append(e)
+    return eps
+
+
+class SFTPhase:
+    def __init__(self, cfg: SFTConfig, ctx):
+        self.cfg, self.ctx = cfg, ctx
+        if cfg.data == "task":
+            pairs = ctx.task.demos()
+        else:
+            from warmstart.tasks.jsonl import read_jsonl
+
+            pairs = [(p.prompt, p.solution) for p in read_jsonl(cfg.data) if p.solution]
+        if not pairs:
+            raise DataError(f"phase '{cfg.label}': no demonstrations (problems with a 'solution') to train on.")
+        self.episodes = demo_episodes(ctx.policy, pairs)
+        self.model = ctx.policy.model
+        self.opt = make_adamw(self.model.parameters(), cfg.lr, cfg.weight_decay, betas=(0.9, 0.98))
+
+    def step(self, global_step: int) -> dict:
+        cfg = self.cfg
+        k = self._phase_step
+        set_lr(self.opt, lr_at(k, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
+        gen = self.ctx.generator(global_step)
+        idx = torch.randint(len(self.episodes), (cfg.batch_size,), generator=gen).tolist()
+        batch = collate([self.episodes[i] for i in idx], self.ctx.policy.pad_id)
+        t0 = time.time()
+        self.model.train()
+        lp = self.ctx.policy.forward_logprobs(batch.input_ids, batch.attention_mask)
+        loss = -masked_mean(lp, batch.action_mask)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.opt.step()
+        dt = time.time() - t0
+        self._phase_step += 1
+        ntok = int(batch.attention_mask.sum())
+        return {"loss": loss.item(), "grad_norm": float(gnorm), "lr": self.opt.param_groups[0]["lr"],
+                "tokens": ntok, "tokens_per_s": ntok / max(dt, 1e-9)}
+
+    _phase_step = 0
+
+    def on_start(self, first_step: int) -> None:
+        self._phase_step = first_step
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+
+
+@PHASES.register("sft", SFTConfig)
+def make_sft(cfg: SFTConfig, ctx) -> SFTPhase:
+    """Supervised fine-tuning on demonstrations (loss on completion tokens only)."""
+    return SFTPhase(cfg, ctx)

@@ -1,0 +1,240 @@
+"""GRPO: group-relative policy optimisation, read top to bottom.
+
+One step = sample G completions for each of ``prompts_per_step`` problems, score them, turn each
+group's rewards into advantages (centred, optionally scaled), then ``mu`` passes of clipped-ratio
+updates over minibatches, with an optional k3 KL penalty to a frozen reference. Variants from the
+literature are options, not forks: clip-higher (``eps_high``), token-level aggregation (DAPO),
+constant normalisation (Dr. GRPO), dropping groups whose rewards are all equal (DAPO's dynamic
+sampling), no std scaling (Dr. GRPO).
+
+The loss itself (:func:`policy_gradient_loss`) takes per-token advantages and per-token KL
+coefficients, so multi-turn learners reuse it unchanged by filling those tensors per turn.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from warmstart.engine.config import PhaseConfig
+from warmstart.episode import Episode, TokenBatch, collate
+from warmstart.learn.core import (
+    AdvantageScale,
+    KLEstimator,
+    LossAggregation,
+    aggregate_loss,
+    approx_kl,
+    clipped_surrogate,
+    group_advantages,
+    group_has_signal,
+    kl_estimate,
+    masked_mean,
+)
+from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
+from warmstart.registry import PHASES
+
+
+class GRPOConfig(PhaseConfig):
+    kind: str = "grpo"
+    prompts_per_step: int = Field(32, ge=1, description="problems sampled per step")
+    group_size: int = Field(8, ge=1, description="G: completions per problem")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs are taken at the same temperature)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    max_new_tokens: int | None = Field(None, description="completion limit; default the task's")
+    lr: float = Field(5e-4, gt=0, description="peak learning rate")
+    schedule: Schedule = Field("constant", description="learning-rate schedule after warm-up")
+    warmup: int = Field(0, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    mu: int = Field(1, ge=1, description="passes over each batch (mu > 1 makes the clipped ratio matter)")
+    minibatch_size: int | None = Field(None, description="sequences per optimizer step; default the whole batch")
+    eps_low: float = Field(0.2, ge=0, description="lower clip: ratio >= 1 - eps_low")
+    eps_high: float = Field(0.2, ge=0, description="upper clip: ratio <= 1 + eps_high (DAPO clip-higher uses 0.28)")
+    advantage_scale: AdvantageScale = Field("group", description="divide centred rewards by the group std, the batch std, or nothing")
+    loss_aggregation: LossAggregation = Field("token", description="'sequence' (GRPO), 'token' (DAPO) or 'constant' (Dr. GRPO)")
+    beta: float = Field(0.0, ge=0, description="KL coefficient to the frozen reference (policy at the start of this phase)")
+    kl_estimator: KLEstimator = Field("k3", description="KL estimator for the penalty")
+    drop_uniform_groups: bool = Field(False, description="drop groups whose rewards are all equal (no signal)")
+    max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip")
+    sample_batch_size: int | None = Field(None, description="sequences per sampling call; default all at once")
+
+
+def policy_gradient_loss(
+    policy,
+    batch: TokenBatch,
+    advantages: torch.Tensor,
+    cfg: GRPOConfig,
+    kl_coef: torch.Tensor | float = 0.0,
+    ref_logprobs: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Clipped policy-gradient loss with an optional KL penalty, over the action tokens of ``batch``.
+
+    ``advantages`` and ``kl_coef`` are per target token, (B, T-1) (or broadcastable), so each turn of
+    a multi-turn episode may carry its own. Returns named terms: ``loss`` (what is minimised),
+    ``loss_policy``, ``loss_kl``, ``kl``, ``entropy``, ``clipfrac``, ``approx_kl``, ``ratio``.
+    """
+    mask = batch.action_mask
+    lp, ent = policy.forward_logprobs(batch.input_ids, batch.attention_mask, cfg.temperature, with_entropy=True)
+    pg, ratio, clipped = clipped_surrogate(lp, batch.old_logprobs, advantages, cfg.eps_low, cfg.eps_high)
+    const = cfg.max_new_tokens or mask.shape[1]
+    loss_policy = aggregate_loss(pg, mask, cfg.loss_aggregation, const)
+    out = {"loss_policy": loss_policy}
+    loss = loss_policy
+    if ref_logprobs is not None:
+        kl_tok = kl_estimate(lp, ref_logprobs, cfg.kl_estimator)
+        weighted = kl_tok * kl_coef
+        loss_kl = aggregate_loss(weighted, mask, cfg.loss_aggregation, const)
+        loss = loss + loss_kl
+        out["loss_kl"] = loss_kl
+        out["kl"] = masked_mean(kl_tok.detach(), mask)
+    out["loss"] = loss
+    with torch.no_grad():
+        out["entropy"] = masked_mean(ent, mask)
+        out["clipfrac"] = masked_mean(clipped.float(), mask)
+        out["approx_kl"] = masked_mean(approx_kl(lp.detach(), batch.old_logprobs), mask)
+        out["ratio"] = masked_mean(ratio.detach(), mask)
+    return out
+
+
+def reference_logprobs(ref_model, batch: TokenBatch, temperature: float) -> torch.Tensor:
+    from warmstart.learn.core import token_logprobs
+
+    with torch.no_grad():
+        logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        return token_logprobs(logits, batch.input_ids[:, 1:], temperature)
+
+
+class GRPOPhase:
+    """The GRPO learner as an engine phase. ``collect`` is the only place episodes come from, so a
+    subclass (multi-turn, search-generated groups) replaces it and keeps the update."""
+
+    def __init__(self, cfg: GRPOConfig, ctx):
+        self.cfg, self.ctx = cfg, ctx
+        self.policy = ctx.policy
+        self.model = ctx.policy.model
+        self.opt = make_adamw(self.model.parameters(), cfg.lr, cfg.weight_decay)
+        self.ref_model = None
+        self._phase_step = 0
+        if not len(ctx.rewards):
+            from warmstart.errors import ConfigError
+
+            raise ConfigError(f"phase '{cfg.label}' (grpo) needs at least one reward term in the recipe's `rewards:` list.")
+
+    # --------------------------------------------------------------------------- episodes
+    def collect(self, global_step: int) -> tuple[list[Episode], dict]:
+        from warmstart.rollout.single_turn import rollout
+
+        cfg, ctx = self.cfg, self.ctx
+        gen = ctx.generator(global_step)
+        problems = ctx.task.sample_problems(cfg.prompts_per_step, gen)
+        return rollout(self.policy, problems, cfg.group_size, cfg.max_new_tokens or ctx.task.max_new_tokens,
+                       cfg.temperature, cfg.top_p, gen, ctx.rewards, cfg.sample_batch_size)
+
+    def token_advantages(self, episodes: list[Episode], batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T-1) advantages and KL coefficients. Single-turn: the episode's group advantage on
+        every action token, one KL coefficient ``beta``."""
+        adv = group_advantages(batch.rewards, batch.groups, self.cfg.advantage_scale)
+        return adv.unsqueeze(1).expand_as(batch.old_logprobs), torch.full_like(batch.old_logprobs, self.cfg.beta)
+
+    # --------------------------------------------------------------------------- one step
+    def step(self, global_step: int) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        set_lr(self.opt, lr_at(self._phase_step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
+        t0 = time.time()
+        episodes, stats = self.collect(global_step)
+        metrics = ctx.rewards.metrics(episodes)
+        if hasattr(ctx.task, "is_correct"):
+            metrics["accuracy"] = sum(ctx.task.is_correct(e.text, e.info["answer"]) for e in episodes) / len(episodes)
+        if hasattr(ctx.task, "episode_metrics"):
+            metrics.update(ctx.task.episode_metrics([e.text for e in episodes]))
+        metrics["completion_tokens"] = sum(len(e.ids) for e in episodes) / len(episodes)
+
+        batch = collate(episodes, self.policy.pad_id)
+        adv, kl_coef = self.token_advantages(episodes, batch)
+        keep = torch.ones(len(episodes), dtype=torch.bool)
+        if cfg.drop_uniform_groups:
+            keep = group_has_signal(batch.rewards, batch.groups)
+        metrics["groups_with_signal"] = float(group_has_signal(batch.rewards, batch.groups).float().mean())
+        idx_all = keep.nonzero().squeeze(1)
+        t_train = time.time()
+        agg: dict[str, float] = {}
+        n_updates = 0
+        if len(idx_all) > 0:
+            self.model.train()
+            mb = cfg.minibatch_size or len(idx_all)
+            gen = ctx.generator(global_step, salt=1)
+            for _ in range(cfg.mu):
+                perm = idx_all[torch.randperm(len(idx_all), generator=gen)] if mb < len(idx_all) else idx_all
+                for s in range(0, len(perm), mb):
+                    ids = perm[s : s + mb]
+                    sub = _select(batch, ids)
+                    ref_lp = reference_logprobs(self.ref_model, sub, cfg.temperature) if self.ref_model is not None else None
+                    Tm = sub.old_logprobs.shape[1]
+                    terms = policy_gradient_loss(self.policy, sub, adv[ids, :Tm], cfg, kl_coef[ids, :Tm], ref_lp)
+                    self.opt.zero_grad(set_to_none=True)
+                    terms["loss"].backward()
+                    gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.opt.step()
+                    n_updates += 1
+                    for k, v in terms.items():
+                        agg[k] = agg.get(k, 0.0) + float(v.detach())
+                    agg["grad_norm"] = agg.get("grad_norm", 0.0) + float(gnorm)
+        for k, v in agg.items():
+            metrics[k] = v / max(n_updates, 1)
+        self._phase_step += 1
+        dt = time.time() - t0
+        trained_tokens = int(batch.attention_mask[idx_all].sum()) * cfg.mu if len(idx_all) else 0
+        metrics.update({
+            "lr": self.opt.param_groups[0]["lr"],
+            "updates": n_updates,
+            "sample_tokens_per_s": stats["sample_tokens_per_s"],
+            "train_tokens_per_s": trained_tokens / max(time.time() - t_train, 1e-9),
+            "tokens_per_s": (stats["sampled_tokens"] + trained_tokens) / max(dt, 1e-9),
+        })
+        return metrics
+
+    # --------------------------------------------------------------------------- engine hooks
+    def on_start(self, first_step: int) -> None:
+        self._phase_step = first_step
+        if self.cfg.beta > 0 and self.ref_model is None:
+            self.ref_model = copy.deepcopy(self.model).eval()
+            for p in self.ref_model.parameters():
+                p.requires_grad_(False)
+
+    def state_dict(self) -> dict:
+        st = {"opt": self.opt.state_dict()}
+        if self.ref_model is not None:
+            st["ref"] = self.ref_model.state_dict()
+        return st
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        if "ref" in state:
+            self.ref_model = copy.deepcopy(self.model).eval()
+            self.ref_model.load_state_dict(state["ref"])
+            for p in self.ref_model.parameters():
+                p.requires_grad_(False)
+
+
+def _select(batch: TokenBatch, idx: torch.Tensor) -> TokenBatch:
+    """Rows ``idx`` of a batch, trimmed to their longest sequence (less padding, faster steps)."""
+    am = batch.attention_mask[idx]
+    T = min(-(-int(am.sum(1).max()) // 8) * 8, am.shape[1])
+    return TokenBatch(
+        input_ids=batch.input_ids[idx, :T],
+        attention_mask=am[:, :T],
+        action_mask=batch.action_mask[idx, : T - 1],
+        old_logprobs=batch.old_logprobs[idx, : T - 1],
+        turn_index=batch.turn_index[idx, : T - 1],
+        rewards=batch.rewards[idx],
+        groups=batch.groups[idx],
+    )
+
+
+@PHASES.register("grpo", GRPOConfig)
+def make_grpo(cfg: GRPOConfig, ctx) -> GRPOPhase:
+    """Group-relative policy optimisation with the verifier rewards of the recipe."""
+    return GRPOPhase(cfg, ctx)

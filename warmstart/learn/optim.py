@@ -1,0 +1,40 @@
+"""Optimizer and learning-rate schedule shared by the token and vector learners.
+
+The schedule is a pure function of the step, so a resumed run needs no scheduler state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+Schedule = Literal["constant", "cosine", "linear"]
+
+
+def lr_at(step: int, total: int, base_lr: float, schedule: Schedule = "constant", warmup: int = 0, min_ratio: float = 0.0) -> float:
+    """Learning rate for 0-based ``step`` of ``total``: linear warm-up, then constant / cosine /
+    linear decay down to ``min_ratio * base_lr``."""
+    if warmup and step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return base_lr
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        mult = 0.5 * (1.0 + math.cos(math.pi * frac))
+    elif schedule == "linear":
+        mult = 1.0 - frac
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}: expected constant, cosine or linear")
+    return base_lr * (min_ratio + (1.0 - min_ratio) * mult)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def make_adamw(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
+    # foreach kernels: fewer Python-level ops per step, which matters for tiny models on CPU
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, foreach=True)

@@ -1,0 +1,196 @@
+"""Token policies: any Hugging Face causal LM, or a tiny Llama built from a config.
+
+:class:`LMPolicy` wraps a model and its tokenizer with what the rest of warmstart needs:
+``encode_prompt``, ``sample`` (fast KV-cache sampler for Llama models, HF ``generate`` otherwise),
+``logprobs`` for learners, and ``save``/``load_weights`` in plain HF format so that
+``AutoModelForCausalLM.from_pretrained(dir)`` loads any checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from warmstart.engine.config import PluginConfig
+from warmstart.errors import WarmstartError
+from warmstart.learn.core import token_logprobs
+from warmstart.policies.sampler import LlamaKVSampler, Samples, hf_sample, supports_kv_sampler
+from warmstart.registry import POLICIES
+
+
+class LMPolicyConfig(PluginConfig):
+    kind: str = "lm"
+    path: str | None = Field(None, description="local HF model directory; when set, the size fields below are ignored")
+    hidden_size: int = Field(128, ge=8, description="tiny Llama: model width")
+    num_layers: int = Field(4, ge=1, description="tiny Llama: decoder layers")
+    num_heads: int = Field(4, ge=1, description="tiny Llama: attention heads")
+    num_kv_heads: int | None = Field(None, description="tiny Llama: key/value heads (GQA); default = num_heads")
+    intermediate_size: int | None = Field(None, description="tiny Llama: MLP width; default 4 x hidden")
+    max_position: int = Field(256, ge=16, description="tiny Llama: longest sequence (prompt + all turns)")
+    tie_embeddings: bool = Field(True, description="tiny Llama: share input and output embeddings")
+    chars: str | None = Field(None, description="character-level vocabulary; default printable ASCII")
+    dtype: str = Field("float32", description="parameter dtype: float32 or bfloat16")
+    use_chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template when it has one")
+    threads: int | None = Field(None, description="torch CPU threads (default: torch's choice)")
+
+
+def build_tiny_llama(cfg: LMPolicyConfig, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if cfg.hidden_size % cfg.num_heads:
+        raise WarmstartError(f"policy.hidden_size ({cfg.hidden_size}) must be divisible by policy.num_heads ({cfg.num_heads}).")
+    lc = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size or 4 * cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
+        max_position_embeddings=cfg.max_position,
+        tie_word_embeddings=cfg.tie_embeddings,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(lc)
+
+
+class LMPolicy:
+    """A causal LM plus tokenizer, with fast sampling and log-probs."""
+
+    def __init__(self, model, tokenizer, use_chat_template: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.pad_id = tokenizer.pad_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.bos_id = tokenizer.bos_token_id
+        self.chat = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
+        self._sampler = LlamaKVSampler(model) if supports_kv_sampler(model) else None
+
+    # ------------------------------------------------------------------------------------ text <-> ids
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a prompt: the chat template (with generation prompt) when the tokenizer has
+        one, else BOS + the text."""
+        if self.chat:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return list(ids)
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return ([self.bos_id] if self.bos_id is not None else []) + list(ids)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a continuation (no special tokens added)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of generated ids, without EOS/pad."""
+        return self.tokenizer.decode([i for i in ids if i not in (self.eos_id, self.pad_id)], skip_special_tokens=False)
+
+    # -------------------------------------------------------------------------------------- sampling
+    def sample(
+        self,
+        prompt_ids: list[list[int]],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        stop_ids: list[int] | None = None,
+    ) -> Samples:
+        """Continuations of each prompt (stop at EOS or ``stop_ids``), with behaviour log-probs."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            bs = batch_size or len(prompt_ids) or 1
+            parts = []
+            for i in range(0, len(prompt_ids), bs):
+                chunk = prompt_ids[i : i + bs]
+                if self._sampler is not None:
+                    parts.append(self._sampler.sample(chunk, max_new_tokens, self.eos_id, self.pad_id, temperature, top_p, generator, stop_ids))
+                else:
+                    parts.append(hf_sample(self.model, chunk, max_new_tokens, self.eos_id, self.pad_id, temperature, top_p, generator, stop_ids))
+        finally:
+            self.model.train(was_training)
+        return Samples([x for p in parts for x in p.ids], [x for p in parts for x in p.logprobs], [x for p in parts for x in p.finished])
+
+    # -------------------------------------------------------------------------------------- learning
+    def forward_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False):
+        """Log-probs (B, T-1) of ``input_ids[:, 1:]`` (and the entropy per position when asked)."""
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # (B, T-1, V)
+        lp = token_logprobs(logits, input_ids[:, 1:], temperature)
+        if with_entropy:
+            from warmstart.learn.core import entropy_from_logits
+
+            with torch.no_grad():
+                ent = entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
+            return lp, ent
+        return lp
+
+    # ------------------------------------------------------------------------------------- save/load
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+
+    def load_weights(self, path: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        files = sorted(Path(path).glob("*.safetensors"))
+        if not files:
+            raise WarmstartError(f"no model weights (*.safetensors) in {path}")
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        # tied output embeddings are saved once; anything else missing is a real mismatch
+        missing = [m for m in missing if not m.endswith("lm_head.weight")]
+        if missing or unexpected:
+            raise WarmstartError(f"checkpoint {path} does not match the policy: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, use_chat_template: bool = True, dtype: str = "float32") -> "LMPolicy":
+        """Load a local HF causal LM and its tokenizer (nothing is fetched from a hub)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        p = Path(path)
+        if not p.is_dir():
+            raise WarmstartError(f"policy.path {str(path)!r} is not a directory. Give a local Hugging Face model "
+                                 "directory (config.json, *.safetensors, tokenizer files).")
+        if not (p / "config.json").exists():
+            raise WarmstartError(f"policy.path {str(path)!r} has no config.json: not a Hugging Face model directory.")
+        try:
+            tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, dtype=getattr(torch, dtype))
+        except (OSError, ValueError) as e:
+            raise WarmstartError(f"could not load the model in {p}: {e}") from None
+        tok.padding_side = "left"
+        return cls(model, tok, use_chat_template)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+@POLICIES.register("lm", LMPolicyConfig)
+def make_lm_policy(cfg: LMPolicyConfig, task=None, seed: int = 0) -> LMPolicy:
+    """A causal LM: a local HF model (`path`) or a tiny Llama with a character tokenizer."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.path:
+        return LMPolicy.from_pretrained(cfg.path, cfg.use_chat_template, cfg.dtype)
+    from warmstart.policies.tokenizer import build_char_tokenizer
+
+    torch.manual_seed(seed)
+    tok = build_char_tokenizer(cfg.chars)
+    model = build_tiny_llama(cfg, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    if cfg.dtype != "float32":
+        model = model.to(getattr(torch, cfg.dtype))
+    return LMPolicy(model, tok, cfg.use_chat_template)

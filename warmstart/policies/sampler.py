@@ -1,0 +1,307 @@
+"""Fast batched sampling for Llama-family models on a preallocated KV cache.
+
+For tiny models Hugging Face ``generate`` spends most of its time in per-token Python overhead
+(cache objects, logits processors, stopping criteria). This sampler runs the *same weights* of a
+``LlamaForCausalLM`` (read from the live module, so it always samples the current policy) with a
+flat decode loop: one prefill over the left-padded prompts, then one fused step per token writing
+into a cache allocated once. Finished rows are dropped from the batch as they stop, so short
+answers do not pay for long ones. Tests check its logits token for token against the HF model.
+
+Left padding: each row's positions count from its first real token, and padded key slots are
+masked, so a prompt's continuation does not depend on how much padding its batch needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Samples:
+    """Per row: generated token ids (without padding; the EOS is included when it was produced),
+    their behaviour log-probs, and whether the row stopped at EOS."""
+
+    ids: list[list[int]]
+    logprobs: list[list[float]]
+    finished: list[bool]
+
+
+def supports_kv_sampler(model) -> bool:
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in ("llama",):
+        return False
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else "default"
+    return rope_type == "default" and getattr(cfg, "hidden_act", "silu") == "silu"
+
+
+class LlamaKVSampler:
+    """Samples from a live ``LlamaForCausalLM`` with a preallocated KV cache."""
+
+    def __init__(self, model):
+        if not supports_kv_sampler(model):
+            raise ValueError("LlamaKVSampler needs a Llama model with default RoPE and SiLU MLP")
+        self.model = model
+        cfg = model.config
+        self.n_layers = cfg.num_hidden_layers
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.hidden = cfg.hidden_size
+        self.head_dim = getattr(cfg, "head_dim", None) or self.hidden // self.n_heads
+        self.eps = cfg.rms_norm_eps
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        self.theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+        self.max_pos = cfg.max_position_embeddings
+        inv = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        t = torch.arange(self.max_pos, dtype=torch.float32)
+        freqs = torch.outer(t, inv)  # (P, hd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (P, hd), HF's rotate_half layout
+        self.cos, self.sin = emb.cos(), emb.sin()
+
+    # -------------------------------------------------------------------------------- building blocks
+    def _rms(self, x, w):
+        xf = x.float()
+        return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+    @staticmethod
+    def _rot(x):
+        h = x.shape[-1] // 2
+        return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+    def _fuse(self):
+        """Concatenate q/k/v and gate/up weights once per ``sample`` call (the policy may have been
+        updated since the last call): 4 matmuls a layer instead of 7."""
+        self._w = []
+        for layer in self.model.model.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            qkv_b = None
+            if att.q_proj.bias is not None:
+                qkv_b = torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias])
+            self._w.append((
+                torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]), qkv_b,
+                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+            ))
+
+    def _layer(self, li, x, pos, kc, vc, slot, mask):
+        """One decoder layer. x: (B, S, H); pos: (B, S) positions; writes K/V at cache columns
+        ``slot`` (a slice) and attends over columns [:slot.stop] with boolean ``mask`` (B, 1, S, K)."""
+        layer = self.model.model.layers[li]
+        att = layer.self_attn
+        w_qkv, b_qkv, w_gu = self._w[li]
+        B, S, _ = x.shape
+        nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        h = self._rms(x, layer.input_layernorm.weight)
+        qkv = F.linear(h, w_qkv, b_qkv)  # (B, S, nq + 2 nkv)
+        q = qkv[..., :nq].view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, S, hd)
+        k = qkv[..., nq : nq + nkv].view(B, S, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, S, hd)
+        v = qkv[..., nq + nkv :].view(B, S, self.n_kv, self.head_dim).transpose(1, 2)
+        cos = self.cos[pos].unsqueeze(1)  # (B, 1, S, hd)
+        sin = self.sin[pos].unsqueeze(1)
+        q = q * cos + self._rot(q) * sin
+        k = k * cos + self._rot(k) * sin
+        kc[li][:, :, slot] = k
+        vc[li][:, :, slot] = v
+        K = kc[li][:, :, : slot.stop]
+        V = vc[li][:, :, : slot.stop]
+        if self.n_kv != self.n_heads:
+            rep = self.n_heads // self.n_kv
+            K = K.repeat_interleave(rep, dim=1)
+            V = V.repeat_interleave(rep, dim=1)
+        if S == 1:
+            # decode: one query per row; plain matmuls beat the fused kernel at this size
+            att_w = (q @ K.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, 1, K)
+            att_w = att_w.masked_fill(~mask, float("-inf")).softmax(-1)
+            o = att_w @ V  # (B, nh, 1, hd)
+        else:
+            o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)  # (B, nh, S, hd)
+        o = o.transpose(1, 2).reshape(B, S, nq)
+        x = x + att.o_proj(o)
+        h = self._rms(x, layer.post_attention_layernorm.weight)
+        gu = F.linear(h, w_gu)
+        inter = gu.shape[-1] // 2
+        return x + layer.mlp.down_proj(F.silu(gu[..., :inter]) * gu[..., inter:])
+
+    def _logits(self, x):
+        return self.model.lm_head(self._rms(x, self.model.model.norm.weight))
+
+    # ------------------------------------------------------------------------------------- forward
+    @torch.no_grad()
+    def prefill_logits(self, prompts: list[list[int]], pad_id: int = 0) -> torch.Tensor:
+        """Logits (B, P, V) of left-padded prompts (used by tests against the HF model)."""
+        B = len(prompts)
+        P = max(len(p) for p in prompts)
+        state = self._prefill(prompts, P, pad_id, extra=0)
+        return state["logits_all"]
+
+    def _prefill(self, prompts, P, pad_id, extra):
+        self._fuse()
+        B = len(prompts)
+        dev = self.cos.device
+        ids = torch.full((B, P), pad_id, dtype=torch.long)
+        npad = torch.tensor([P - len(p) for p in prompts])
+        for b, p in enumerate(prompts):
+            ids[b, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        ar = torch.arange(P)
+        pos = (ar.unsqueeze(0) - npad.unsqueeze(1)).clamp(min=0)  # (B, P)
+        real = ar.unsqueeze(0) >= npad.unsqueeze(1)  # (B, P) key is a real token
+        causal = torch.tril(torch.ones(P, P, dtype=torch.bool))
+        mask = causal.unsqueeze(0) & real.unsqueeze(1)  # (B, Q, K)
+        mask = mask | torch.eye(P, dtype=torch.bool).unsqueeze(0)  # pad queries see themselves (no NaN)
+        mask = mask.unsqueeze(1)  # (B, 1, Q, K)
+        L = P + extra
+        dtype = self.model.lm_head.weight.dtype
+        kc = [torch.empty(B, self.n_kv, L, self.head_dim, dtype=dtype, device=dev) for _ in range(self.n_layers)]
+        vc = [torch.empty(B, self.n_kv, L, self.head_dim, dtype=dtype, device=dev) for _ in range(self.n_layers)]
+        x = self.model.model.embed_tokens(ids)
+        slot = slice(0, P)
+        for li in range(self.n_layers):
+            x = self._layer(li, x, pos, kc, vc, slot, mask)
+        return {"x": x, "kc": kc, "vc": vc, "real": real, "npad": npad, "logits_all": self._logits(x)}
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        eos_id: int | None,
+        pad_id: int = 0,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        stop_ids: list[int] | None = None,
+    ) -> Samples:
+        """Sample continuations. ``temperature == 0`` is greedy. Log-probs are those of the sampled
+        token under ``softmax(logits / temperature)`` (T=1 for greedy), before top-p truncation,
+        i.e. the distribution a learner differentiates."""
+        B = len(prompts)
+        if B == 0:
+            return Samples([], [], [])
+        P = max(len(p) for p in prompts)
+        if P + max_new_tokens > self.max_pos:
+            max_new_tokens = max(0, self.max_pos - P)
+        st = self._prefill(prompts, P, pad_id, extra=max_new_tokens)
+        kc, vc = st["kc"], st["vc"]
+        last = st["logits_all"][:, -1, :]  # (B, V)
+        # per-row state; `rows` maps active batch index -> original row
+        rows = torch.arange(B)
+        key_ok = torch.zeros(B, P + max_new_tokens, dtype=torch.bool)
+        key_ok[:, :P] = st["real"]
+        next_pos = P - st["npad"]  # (B,) position of the next token
+        out_ids: list[list[int]] = [[] for _ in range(B)]
+        out_lp: list[list[float]] = [[] for _ in range(B)]
+        finished = [False] * B
+        stops = set(stop_ids or [])
+        if eos_id is not None:
+            stops.add(eos_id)
+        stop_t = torch.tensor(sorted(stops), dtype=torch.long) if stops else None
+        gen_ids = torch.empty(B, max_new_tokens, dtype=torch.long)
+        gen_lp = torch.empty(B, max_new_tokens)
+        lengths = torch.full((B,), max_new_tokens, dtype=torch.long)
+        alive_done = torch.zeros(B, dtype=torch.bool)  # finished rows still in the active batch
+        for t in range(max_new_tokens):
+            tok, lp = self._pick(last, temperature, top_p, generator)
+            gen_ids[rows, t] = torch.where(alive_done, pad_id, tok)
+            gen_lp[rows, t] = lp
+            if stop_t is not None:
+                done = torch.isin(tok, stop_t) & ~alive_done
+                if done.any():
+                    lengths[rows[done]] = t + 1
+                    for r in rows[done].tolist():
+                        finished[r] = True
+                    alive_done = alive_done | done
+                    n_done = int(alive_done.sum())
+                    if n_done == len(rows):
+                        break
+                # compact (drop finished rows from every per-row tensor and the cache) only once a
+                # quarter of the batch is done: copying the cache costs more than a few idle rows
+                if alive_done.any() and int(alive_done.sum()) * 4 >= len(rows):
+                    keep = ~alive_done
+                    alive_done = alive_done[keep]
+                    idx = keep.nonzero().squeeze(1)
+                    rows, tok, next_pos = rows[idx], tok[idx], next_pos[idx]
+                    key_ok = key_ok[idx]
+                    kc = [c.index_select(0, idx) for c in kc]
+                    vc = [c.index_select(0, idx) for c in vc]
+            if t == max_new_tokens - 1:
+                break
+            col = P + t
+            key_ok[:, col] = True
+            mask = key_ok[:, : col + 1].unsqueeze(1).unsqueeze(1)  # (b, 1, 1, K)
+            x = self.model.model.embed_tokens(tok.unsqueeze(1))  # (b, 1, H)
+            pos = next_pos.unsqueeze(1)
+            slot = slice(col, col + 1)
+            for li in range(self.n_layers):
+                x = self._layer(li, x, pos, kc, vc, slot, mask)
+            next_pos = next_pos + 1
+            last = self._logits(x)[:, -1, :]
+        L = lengths.tolist()
+        ids_l = gen_ids.tolist()
+        lp_l = gen_lp.tolist()
+        for b in range(B):
+            out_ids[b] = ids_l[b][: L[b]]
+            out_lp[b] = lp_l[b][: L[b]]
+        return Samples(out_ids, out_lp, finished)
+
+    @staticmethod
+    def _pick(logits, temperature, top_p, generator):
+        logits = logits.float()
+        if temperature == 0:
+            tok = logits.argmax(-1)
+            lp = torch.log_softmax(logits, -1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+            return tok, lp
+        logp = torch.log_softmax(logits / temperature, -1)
+        probs = logp.exp()
+        if top_p < 1.0:
+            sp, si = probs.sort(-1, descending=True)
+            cum = sp.cumsum(-1)
+            drop = cum - sp > top_p  # keep the smallest prefix whose mass reaches top_p
+            sp = sp.masked_fill(drop, 0.0)
+            choice = torch.multinomial(sp, 1, generator=generator)
+            tok = si.gather(-1, choice).squeeze(-1)
+        else:
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+
+
+def hf_sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_p=1.0, generator=None, stop_ids=None):
+    """Fallback for models the KV sampler does not cover: HF ``generate`` + one scoring pass for
+    behaviour log-probs. Slower, but any causal LM works."""
+    B = len(prompts)
+    P = max(len(p) for p in prompts)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    att = torch.zeros((B, P), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, P - len(p) :] = torch.tensor(p)
+        att[b, P - len(p) :] = 1
+    if generator is not None:
+        torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+    kw = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+              eos_token_id=list({*(stop_ids or []), *([eos_id] if eos_id is not None else [])}) or None)
+    if temperature > 0:
+        kw.update(temperature=temperature, top_p=top_p, top_k=0)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=att, **kw)
+    gen = out[:, P:]
+    stops = set(stop_ids or []) | ({eos_id} if eos_id is not None else set())
+    res_ids, res_lp, fin = [], [], []
+    full_att = torch.cat([att, torch.ones_like(gen)], 1)
+    with torch.no_grad():
+        logits = model(input_ids=out, attention_mask=full_att).logits[:, P - 1 : -1].float()
+    t = temperature if temperature > 0 else 1.0
+    lps = torch.log_softmax(logits / t, -1).gather(-1, gen.unsqueeze(-1)).squeeze(-1)
+    for b in range(B):
+        row = gen[b].tolist()
+        n = len(row)
+        done = False
+        for i, tok in enumerate(row):
+            if tok in stops:
+                n, done = i + 1, True
+                break
+        res_ids.append(row[:n])
+        res_lp.append(lps[b, :n].tolist())
+        fin.append(done)
+    return Samples(res_ids, res_lp, fin)
