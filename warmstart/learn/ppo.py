@@ -209,41 +209,45 @@ def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.T
         b_post, b_pval = roll.extra["post_obs"].reshape(B, -1), roll.extra["post_values"].reshape(B)
     mb_size = max(1, B // cfg.num_minibatches)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    stats = {"loss_policy": [], "loss_value": [], "entropy": [], "approx_kl": [], "clipfrac": []}
-    if dual:
-        stats["loss_value_post"] = []
+    clip = cfg.clip_coef if cfg.clip_vloss else None
+    seen_idx, seen_logp, terms = [], [], []  # for the debug metrics, computed once at the end
     for _epoch in range(cfg.update_epochs):
-        perm = torch.randperm(B)
+        # one minibatch: the order does not matter, so skip the shuffle and the copies
+        perm = torch.randperm(B) if mb_size < B else torch.arange(B)
         for start in range(0, B - mb_size + 1, mb_size):
             mb = perm[start : start + mb_size]
             x = b_obs[mb]
             logp, ent = policy.evaluate_actions(x, b_act[mb])
             mb_adv = normalize(b_adv[mb]) if cfg.norm_adv and mb_size > 1 else b_adv[mb]
-            pg, ratio, _ = clipped_surrogate(logp, b_logp[mb], mb_adv, cfg.clip_coef)
-            clip = cfg.clip_coef if cfg.clip_vloss else None
+            pg = clipped_surrogate(logp, b_logp[mb], mb_adv, cfg.clip_coef)[0].mean()
             v_loss = value_loss(policy.value(x), b_ret[mb], b_val[mb], clip).mean()
-            loss = pg.mean() - cfg.ent_coef * ent.mean() + cfg.vf_coef * v_loss
+            ent = ent.mean()
+            loss = pg - cfg.ent_coef * ent + cfg.vf_coef * v_loss
             if dual:
                 vp_loss = value_loss(policy.post_value(b_post[mb]), b_ret[mb], b_pval[mb], clip).mean()
                 loss = loss + cfg.vf_coef * vp_loss
-                stats["loss_value_post"].append(vp_loss.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
-            with torch.no_grad():
-                # KL(behaviour || current) from behaviour samples (CleanRL's approx_kl); clipfrac
-                # as CleanRL defines it: share of samples whose ratio left [1-eps, 1+eps]
-                kl = kl_estimate(b_logp[mb], logp, "k3").mean()
-                stats["approx_kl"].append(kl)
-                stats["clipfrac"].append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean())
-                stats["loss_policy"].append(pg.mean().detach())
-                stats["loss_value"].append(v_loss.detach())
-                stats["entropy"].append(ent.mean().detach())
-        if cfg.target_kl is not None and stats["approx_kl"][-1] > cfg.target_kl:
+            seen_idx.append(mb)
+            seen_logp.append(logp.detach())
+            terms.append([pg.detach(), v_loss.detach(), ent.detach()] + ([vp_loss.detach()] if dual else []))
+        if cfg.target_kl is not None and float(kl_estimate(b_logp[mb], logp.detach(), "k3").mean()) > cfg.target_kl:
             break
-    out = {k: float(torch.stack(v).mean()) for k, v in stats.items() if v}
-    out["approx_kl"] = float(stats["approx_kl"][-1])  # of the last minibatch, as CleanRL logs it
+    with torch.no_grad():
+        new_logp = torch.stack(seen_logp)  # (updates, mb)
+        old_logp = b_logp[torch.stack(seen_idx)]
+        # KL(behaviour || current) from behaviour samples, as CleanRL's approx_kl (k3); clipfrac as
+        # CleanRL defines it: the share of samples whose ratio left [1 - eps, 1 + eps]
+        kl = kl_estimate(old_logp, new_logp, "k3").mean(-1)  # (updates,)
+        clipfrac = ((new_logp - old_logp).exp().sub(1.0).abs() > cfg.clip_coef).float().mean()
+        t = torch.tensor([[float(v) for v in row] for row in terms]).mean(0)
+    out = {"loss_policy": float(t[0]), "loss_value": float(t[1]), "entropy": float(t[2])}
+    if dual:
+        out["loss_value_post"] = float(t[3])
+    out["approx_kl"] = float(kl[-1])  # of the last minibatch, as CleanRL logs it
+    out["clipfrac"] = float(clipfrac)
     out["explained_variance"] = explained_variance(roll.values.reshape(B), b_ret)
     return out
 
@@ -275,6 +279,7 @@ class PPOPhase:
             [{"params": actor, "lr": cfg.lr, "base_lr": cfg.lr},
              {"params": critics, "lr": cfg.critic_lr or cfg.lr, "base_lr": cfg.critic_lr or cfg.lr}],
             eps=cfg.adam_eps,
+            fused=True,  # one kernel for all parameters: on CPU the per-tensor loop costs more than the math
         )
         self.scaler = RewardScaler(cfg.num_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
         self.finished: deque = deque(maxlen=cfg.return_window)
