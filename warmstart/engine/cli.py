@@ -20,7 +20,10 @@ app = typer.Typer(
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}", highlight=False)
+    from rich.console import Console
+
+    # soft_wrap: keep paths and keys whole on one line so the message can be copied and grepped
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
     raise typer.Exit(code=2)
 
 

@@ -130,9 +130,15 @@ def _line_map(text: str) -> dict[tuple, int]:
 def parse_value(text: str) -> Any:
     """Parse an override value as a YAML scalar (``3``, ``1e-3``, ``true``, ``[1,2]``, ``foo``)."""
     try:
-        return yaml.safe_load(text)
+        v = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(v, str):
+        try:  # YAML 1.1 reads `1e-4` as a string; a number is what anyone means
+            return float(v) if any(c in v for c in ".eE") else int(v)
+        except ValueError:
+            pass
+    return v
 
 
 def apply_override(raw: dict, dotted: str, value: Any, source: str = "--set") -> None:
