@@ -71,7 +71,7 @@ def test_vector_policy_save_load_roundtrip(tmp_path):
     x = pol.normalize_obs(torch.from_numpy(obs))
     assert torch.equal(x, back.normalize_obs(torch.from_numpy(obs)))
     assert torch.equal(pol.post_value(x), back.post_value(x))
-    assert json.loads((tmp_path / "mlp_policy.json").read_text())["config"]["post_critic"] is True
+    assert json.loads((tmp_path / "policy.json").read_text())["config"]["post_critic"] is True
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ Options: running observation normalisation (statistics live in the policy, so a 
 carries them and evaluation uses them) and, for PDPPO, a second critic ``V_post`` on post-decision
 states (``post_critic: true``), which have the observation's layout and share its normalisation.
 
-Saved as ``model.safetensors`` + ``mlp_policy.json``; :meth:`MLPPolicy.load` rebuilds it from the
+Saved as ``model.safetensors`` + ``policy.json`` (``kind: mlp``); :meth:`MLPPolicy.load` rebuilds it from the
 directory alone.
 """
 
@@ -34,7 +34,7 @@ from warmstart.engine.config import PluginConfig
 from warmstart.learn.core import token_logprobs
 from warmstart.registry import POLICIES
 
-CONFIG_FILE = "mlp_policy.json"
+CONFIG_FILE = "policy.json"  # with "kind": "mlp", which is how `warmstart eval` finds the loader
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -232,7 +232,7 @@ class MLPPolicy(nn.Module):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(d / WEIGHTS_FILE))
-        meta = {"format": "warmstart-mlp-policy", "obs_dim": self.obs_dim, "action": self.spec, "config": self.cfg.model_dump()}
+        meta = {"kind": "mlp", "format": "warmstart-mlp-policy", "obs_dim": self.obs_dim, "action": self.spec, "config": self.cfg.model_dump()}
         (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
     def load_weights(self, directory: str | Path) -> None:
@@ -267,3 +267,6 @@ def build_mlp_policy(cfg: MLPPolicyConfig, task: Any, seed: int) -> MLPPolicy:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return MLPPolicy.from_spaces(task.observation_space, task.action_space, cfg)
+
+
+build_mlp_policy.load = MLPPolicy.load  # `warmstart eval` loads saved policies through the factory
