@@ -130,6 +130,42 @@ def collate(episodes: list[Episode], pad_id: int, pad_to_multiple: int = 8) -> T
     return TokenBatch(input_ids, attention, action, old_lp, turn_idx, rewards, groups)
 
 
+def length_buckets(lengths: list[int], max_buckets: int = 4, pad_to: int = 8, overhead: int = 256) -> list[list[int]]:
+    """Split row indices into at most ``max_buckets`` groups of similar length so that the padded
+    area (rows x longest row, plus ``overhead`` token-slots per extra forward pass) is smallest.
+
+    A batch that mixes 20-token and 60-token sequences wastes half its compute on padding when run
+    as one block; learners run the buckets as micro-batches and accumulate gradients, with losses
+    normalised by whole-batch counts so the update is the same as the unsplit one.
+    """
+    if not lengths:
+        return []
+    r = [-(-n // pad_to) * pad_to for n in lengths]
+    vals = sorted(set(r))
+    count = [sum(1 for x in r if x == v) for v in vals]
+    m = len(vals)
+    INF = float("inf")
+    # best[k][j]: least cost covering the first j distinct lengths with k buckets
+    best = [[INF] * (m + 1) for _ in range(max_buckets + 1)]
+    cut = [[0] * (m + 1) for _ in range(max_buckets + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_buckets + 1):
+        for j in range(1, m + 1):
+            rows = 0
+            for i in range(j - 1, -1, -1):  # bucket holds distinct lengths i..j-1, padded to vals[j-1]
+                rows += count[i]
+                c = best[k - 1][i] + rows * vals[j - 1] + (overhead if k > 1 else 0)
+                if c < best[k][j]:
+                    best[k][j], cut[k][j] = c, i
+    k = min(range(1, max_buckets + 1), key=lambda kk: best[kk][m])
+    bounds, j = [], m
+    while k > 0:
+        i = cut[k][j]
+        bounds.append((vals[i], vals[j - 1]))
+        j, k = i, k - 1
+    return [[idx for idx, x in enumerate(r) if lo <= x <= hi] for lo, hi in reversed(bounds)]
+
+
 @dataclass
 class Transitions:
     """A vector-policy rollout: tensors of shape (T, N, ...) for T steps of N parallel envs.

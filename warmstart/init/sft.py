@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 
 from warmstart.engine.config import PhaseConfig
-from warmstart.episode import Episode, collate
+from warmstart.episode import Episode, collate, length_buckets
 from warmstart.errors import DataError
 from warmstart.learn.core import masked_mean
 from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
@@ -30,6 +30,7 @@ class SFTConfig(PhaseConfig):
     warmup: int = Field(20, ge=0, description="linear warm-up steps")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip")
+    max_buckets: int = Field(4, ge=1, description="split each batch into at most this many length buckets (less padding)")
     data: str = Field("task", description="'task' (the task's demonstrations) or a JSONL path with prompt/solution")
 
 
@@ -47,15 +48,17 @@ def demo_episodes(policy, pairs: list[tuple[str, str]]) -> list[Episode]:
 class SFTPhase:
     def __init__(self, cfg: SFTConfig, ctx):
         self.cfg, self.ctx = cfg, ctx
-        if cfg.data == "task":
+        if cfg.data == "task" and hasattr(ctx.task, "demo_episodes"):
+            pairs = None  # the task builds its own (e.g. multi-turn) demo episodes
+        elif cfg.data == "task":
             pairs = ctx.task.demos()
         else:
             from warmstart.tasks.jsonl import read_jsonl
 
             pairs = [(p.prompt, p.solution) for p in read_jsonl(cfg.data) if p.solution]
-        if not pairs:
+        self.episodes = ctx.task.demo_episodes(ctx.policy) if pairs is None else demo_episodes(ctx.policy, pairs)
+        if not self.episodes:
             raise DataError(f"phase '{cfg.label}': no demonstrations (problems with a 'solution') to train on.")
-        self.episodes = demo_episodes(ctx.policy, pairs)
         self.model = ctx.policy.model
         self.opt = make_adamw(self.model.parameters(), cfg.lr, cfg.weight_decay, betas=(0.9, 0.98))
 
@@ -65,18 +68,25 @@ class SFTPhase:
         set_lr(self.opt, lr_at(k, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
         gen = self.ctx.generator(global_step)
         idx = torch.randint(len(self.episodes), (cfg.batch_size,), generator=gen).tolist()
-        batch = collate([self.episodes[i] for i in idx], self.ctx.policy.pad_id)
+        eps = [self.episodes[i] for i in idx]
         t0 = time.time()
         self.model.train()
-        lp = self.ctx.policy.forward_logprobs(batch.input_ids, batch.attention_mask)
-        loss = -masked_mean(lp, batch.action_mask)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # micro-batches of similar length: same gradient as one padded block, far less padding
+        n_tok = sum(sum(e.action_mask) for e in eps)
+        total, ntok = 0.0, 0
+        for bucket in length_buckets([len(e.prompt_ids) + len(e.ids) for e in eps], cfg.max_buckets):
+            batch = collate([eps[i] for i in bucket], self.ctx.policy.pad_id)
+            lp = self.ctx.policy.forward_logprobs(batch.input_ids, batch.attention_mask)
+            loss = -(lp * batch.action_mask).sum() / max(n_tok, 1)
+            loss.backward()
+            total += loss.item()
+            ntok += int(batch.attention_mask.sum())
+        loss = torch.tensor(total)
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         self.opt.step()
         dt = time.time() - t0
         self._phase_step += 1
-        ntok = int(batch.attention_mask.sum())
         return {"loss": loss.item(), "grad_norm": float(gnorm), "lr": self.opt.param_groups[0]["lr"],
                 "tokens": ntok, "tokens_per_s": ntok / max(dt, 1e-9)}
 

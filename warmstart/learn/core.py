@@ -125,6 +125,8 @@ def aggregate_loss(
     mask: torch.Tensor,
     mode: LossAggregation = "sequence",
     constant: float | None = None,
+    num_seqs: float | None = None,
+    num_tokens: float | None = None,
 ) -> torch.Tensor:
     """Reduce a (B, T) token loss to a scalar.
 
@@ -132,18 +134,25 @@ def aggregate_loss(
     * ``token``: sum over all tokens / number of tokens (DAPO: long answers are not down-weighted);
     * ``constant``: sum / (B * constant) with a fixed constant, e.g. max completion length
       (Dr. GRPO: no length bias at all).
+
+    When ``loss`` is one micro-batch of a larger batch, pass the whole batch's ``num_seqs`` (rows
+    with at least one masked token) and ``num_tokens``: the micro-batch results then *sum* to the
+    whole-batch value, so accumulated gradients equal the unsplit ones.
     """
     m = mask.to(loss.dtype)
     if mode == "sequence":
         per_seq = (loss * m).sum(-1) / m.sum(-1).clamp(min=1.0)
         has = (m.sum(-1) > 0).to(loss.dtype)
-        return (per_seq * has).sum() / has.sum().clamp(min=1.0)
+        denom = num_seqs if num_seqs is not None else has.sum().clamp(min=1.0)
+        return (per_seq * has).sum() / denom
     if mode == "token":
-        return (loss * m).sum() / m.sum().clamp(min=1.0)
+        denom = num_tokens if num_tokens is not None else m.sum().clamp(min=1.0)
+        return (loss * m).sum() / denom
     if mode == "constant":
         if not constant or constant <= 0:
             raise ValueError("aggregation 'constant' needs a positive constant (e.g. max new tokens)")
-        return (loss * m).sum() / (loss.shape[0] * constant)
+        rows = num_seqs if num_seqs is not None else loss.shape[0]
+        return (loss * m).sum() / (rows * constant)
     raise ValueError(f"unknown loss aggregation {mode!r}: expected 'sequence', 'token' or 'constant'")
 
 

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 
 from warmstart.engine.config import PhaseConfig
-from warmstart.episode import Episode, TokenBatch, collate
+from warmstart.episode import Episode, TokenBatch, collate, length_buckets
 from warmstart.learn.core import (
     AdvantageScale,
     KLEstimator,
@@ -59,6 +59,7 @@ class GRPOConfig(PhaseConfig):
     kl_estimator: KLEstimator = Field("k3", description="KL estimator for the penalty")
     drop_uniform_groups: bool = Field(False, description="drop groups whose rewards are all equal (no signal)")
     max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip")
+    max_buckets: int = Field(4, ge=1, description="split each minibatch into at most this many length buckets (less padding, same gradient)")
     sample_batch_size: int | None = Field(None, description="sequences per sampling call; default all at once")
 
 
@@ -69,24 +70,27 @@ def policy_gradient_loss(
     cfg: GRPOConfig,
     kl_coef: torch.Tensor | float = 0.0,
     ref_logprobs: torch.Tensor | None = None,
+    num_seqs: float | None = None,
+    num_tokens: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Clipped policy-gradient loss with an optional KL penalty, over the action tokens of ``batch``.
 
     ``advantages`` and ``kl_coef`` are per target token, (B, T-1) (or broadcastable), so each turn of
-    a multi-turn episode may carry its own. Returns named terms: ``loss`` (what is minimised),
+    a multi-turn episode may carry its own. ``num_seqs``/``num_tokens`` are whole-batch normalisers
+    when ``batch`` is one micro-batch (see :func:`aggregate_loss`). Returns named terms: ``loss`` (what is minimised),
     ``loss_policy``, ``loss_kl``, ``kl``, ``entropy``, ``clipfrac``, ``approx_kl``, ``ratio``.
     """
     mask = batch.action_mask
     lp, ent = policy.forward_logprobs(batch.input_ids, batch.attention_mask, cfg.temperature, with_entropy=True)
     pg, ratio, clipped = clipped_surrogate(lp, batch.old_logprobs, advantages, cfg.eps_low, cfg.eps_high)
     const = cfg.max_new_tokens or mask.shape[1]
-    loss_policy = aggregate_loss(pg, mask, cfg.loss_aggregation, const)
+    loss_policy = aggregate_loss(pg, mask, cfg.loss_aggregation, const, num_seqs, num_tokens)
     out = {"loss_policy": loss_policy}
     loss = loss_policy
     if ref_logprobs is not None:
         kl_tok = kl_estimate(lp, ref_logprobs, cfg.kl_estimator)
         weighted = kl_tok * kl_coef
-        loss_kl = aggregate_loss(weighted, mask, cfg.loss_aggregation, const)
+        loss_kl = aggregate_loss(weighted, mask, cfg.loss_aggregation, const, num_seqs, num_tokens)
         loss = loss + loss_kl
         out["loss_kl"] = loss_kl
         out["kl"] = masked_mean(kl_tok.detach(), mask)
@@ -111,6 +115,8 @@ class GRPOPhase:
     """The GRPO learner as an engine phase. ``collect`` is the only place episodes come from, so a
     subclass (multi-turn, search-generated groups) replaces it and keeps the update."""
 
+    needs_recipe_rewards = True  # False in subclasses whose episodes carry their own (per-turn) rewards
+
     def __init__(self, cfg: GRPOConfig, ctx):
         self.cfg, self.ctx = cfg, ctx
         self.policy = ctx.policy
@@ -118,7 +124,7 @@ class GRPOPhase:
         self.opt = make_adamw(self.model.parameters(), cfg.lr, cfg.weight_decay)
         self.ref_model = None
         self._phase_step = 0
-        if not len(ctx.rewards):
+        if self.needs_recipe_rewards and not len(ctx.rewards):
             from warmstart.errors import ConfigError
 
             raise ConfigError(f"phase '{cfg.label}' (grpo) needs at least one reward term in the recipe's `rewards:` list.")
@@ -170,17 +176,27 @@ class GRPOPhase:
                 perm = idx_all[torch.randperm(len(idx_all), generator=gen)] if mb < len(idx_all) else idx_all
                 for s in range(0, len(perm), mb):
                     ids = perm[s : s + mb]
-                    sub = _select(batch, ids)
-                    ref_lp = reference_logprobs(self.ref_model, sub, cfg.temperature) if self.ref_model is not None else None
-                    Tm = sub.old_logprobs.shape[1]
-                    terms = policy_gradient_loss(self.policy, sub, adv[ids, :Tm], cfg, kl_coef[ids, :Tm], ref_lp)
                     self.opt.zero_grad(set_to_none=True)
-                    terms["loss"].backward()
+                    # whole-minibatch normalisers, so the length buckets' losses sum to its loss
+                    am = batch.action_mask[ids]
+                    n_seqs = float((am.sum(1) > 0).sum().clamp(min=1))
+                    n_tok = float(am.sum().clamp(min=1))
+                    lengths = batch.attention_mask[ids].sum(1).tolist()
+                    for bucket in length_buckets(lengths, cfg.max_buckets):
+                        sub_ids = ids[bucket]
+                        sub = _select(batch, sub_ids)
+                        ref_lp = reference_logprobs(self.ref_model, sub, cfg.temperature) if self.ref_model is not None else None
+                        Tm = sub.old_logprobs.shape[1]
+                        terms = policy_gradient_loss(self.policy, sub, adv[sub_ids, :Tm], cfg, kl_coef[sub_ids, :Tm], ref_lp,
+                                                     num_seqs=n_seqs, num_tokens=n_tok)
+                        terms["loss"].backward()
+                        share = float(sub.action_mask.sum()) / n_tok  # token share, for the debug means
+                        for k, v in terms.items():
+                            v = float(v.detach())
+                            agg[k] = agg.get(k, 0.0) + (v if k.startswith("loss") else v * share)
                     gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     self.opt.step()
                     n_updates += 1
-                    for k, v in terms.items():
-                        agg[k] = agg.get(k, 0.0) + float(v.detach())
                     agg["grad_norm"] = agg.get("grad_norm", 0.0) + float(gnorm)
         for k, v in agg.items():
             metrics[k] = v / max(n_updates, 1)
