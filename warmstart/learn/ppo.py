@@ -217,7 +217,7 @@ def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.T
         for start in range(0, B - mb_size + 1, mb_size):
             mb = perm[start : start + mb_size]
             x = b_obs[mb]
-            logp, ent = policy.evaluate_actions(x, b_act[mb])
+            logp, ent = policy.evaluate_actions(x, b_act[mb], entropy_grad=cfg.ent_coef > 0)
             mb_adv = normalize(b_adv[mb]) if cfg.norm_adv and mb_size > 1 else b_adv[mb]
             pg = clipped_surrogate(logp, b_logp[mb], mb_adv, cfg.clip_coef)[0].mean()
             v_loss = value_loss(policy.value(x), b_ret[mb], b_val[mb], clip).mean()

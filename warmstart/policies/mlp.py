@@ -31,7 +31,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from warmstart.engine.config import PluginConfig
-from warmstart.learn.core import token_logprobs
 from warmstart.registry import POLICIES
 
 CONFIG_FILE = "policy.json"  # with "kind": "mlp", which is how `warmstart eval` finds the loader
@@ -185,17 +184,19 @@ class MLPPolicy(nn.Module):
             else:
                 a = mean + self.log_std.exp() * torch.randn(mean.shape, generator=generator)
             return a, _gaussian_logp(a, mean, self.log_std)
-        logits = self._logits(x)  # (B, M, K)
+        logp_all = torch.log_softmax(self._logits(x), -1)  # (B, M, K)
         if deterministic:
-            idx = logits.argmax(-1)
-        else:  # Gumbel-max: one draw, no distribution object
-            u = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0)
-            idx = (logits - torch.log(-torch.log(u))).argmax(-1)  # (B, M)
-        logp = token_logprobs(logits, idx).sum(-1)
+            idx = logp_all.argmax(-1)
+        else:  # no distribution object: on tiny batches its bookkeeping costs more than the math
+            idx = torch.multinomial(logp_all.exp().view(-1, self.K), 1, generator=generator).view(logp_all.shape[:2])
+        logp = logp_all.gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)  # (B,)
         return self._to_env(idx), logp
 
-    def evaluate_actions(self, x: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-prob (B,), entropy (B,)) of stored ``actions`` under the current actor."""
+    def evaluate_actions(
+        self, x: torch.Tensor, actions: torch.Tensor, entropy_grad: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-prob (B,), entropy (B,)) of stored ``actions`` under the current actor.
+        ``entropy_grad=False`` computes the entropy for logging only (no entropy bonus)."""
         if self.continuous:
             mean = self.actor(x)
             ent = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(mean.shape[0])
@@ -203,7 +204,8 @@ class MLPPolicy(nn.Module):
         logits = self._logits(x)  # (B, M, K)
         idx = self._from_env(actions)  # (B, M)
         logp = torch.log_softmax(logits, -1)
-        ent = -(logp.exp() * logp).sum(-1).sum(-1)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = -(logp.exp() * logp).sum(-1).sum(-1)  # (B,), summed over the M heads
         return logp.gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1), ent
 
     def _to_env(self, idx: torch.Tensor) -> torch.Tensor:
