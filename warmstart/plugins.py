@@ -12,6 +12,8 @@ MODULES = [
     "warmstart.rewards.builtin",
     "warmstart.init.sft",
     "warmstart.learn.grpo",
+    "warmstart.rewards.models",
+    "warmstart.learn.from_search",
 ]
 
 # Modules written by later work; listed here when they exist so the registry knows them.

@@ -105,6 +105,59 @@ def recipes(folder: Path = typer.Option(None, help="folder of recipes (default: 
     console.print(table)
 
 
+@app.command()
+def search(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint or final/ directory (HF format)"),
+    task: str = typer.Option(..., "--task", help="task kind, JSONL file or recipe YAML (held-out split)"),
+    strategy: str = typer.Option("mcts", "--strategy", help="best_of_n, vote, weighted_vote, beam, mcts or revise"),
+    budget: int = typer.Option(256, "--budget", help="sampled tokens per problem"),
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="verifier, orm, prm or none (default per strategy)"),
+    n: int = typer.Option(200, "--n", help="held-out problems"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="task option, e.g. --set n_terms=9"),
+    orm: Optional[str] = typer.Option(None, "--orm", help="ORM directory (default <run>/reward_models/orm)"),
+    prm: Optional[str] = typer.Option(None, "--prm", help="PRM directory (default <run>/reward_models/prm)"),
+    temperature: float = typer.Option(0.8, "--temperature", help="sampling temperature"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the result row as JSON"),
+):
+    """Test-time search with one strategy at one token budget; prints accuracy and throughput."""
+    from warmstart.search.cli import search_main
+
+    try:
+        row = search_main(checkpoint, task, strategy, budget, scorer, n, set_ or [], orm, prm, temperature)
+    except WarmstartError as e:
+        _fail(e)
+        return
+    console.print_json(json.dumps(row))
+    if out:
+        out.write_text(json.dumps(row, indent=2))
+
+
+@app.command()
+def scaling(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint or final/ directory (HF format)"),
+    task: str = typer.Option(..., "--task", help="task kind, JSONL file or recipe YAML (held-out split)"),
+    out: Path = typer.Option(..., "--out", help="JSON rows {strategy, budget_tokens, accuracy}; the plot goes beside it (.png)"),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help="comma-separated tokens per problem (default 1,2,4,8 x a greedy solution)"),
+    strategies: Optional[str] = typer.Option(None, "--strategies", help="comma-separated subset (default all)"),
+    n: int = typer.Option(200, "--n", help="held-out problems"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="task option, e.g. --set n_terms=9"),
+    orm: Optional[str] = typer.Option(None, "--orm", help="ORM directory"),
+    prm: Optional[str] = typer.Option(None, "--prm", help="PRM directory"),
+    temperature: float = typer.Option(0.8, "--temperature", help="sampling temperature"),
+):
+    """Accuracy vs generated tokens for every search strategy at several budgets (JSON + plot)."""
+    from warmstart.search.cli import scaling_main
+
+    try:
+        scaling_main(checkpoint, task, out, [int(b) for b in budgets.split(",")] if budgets else None,
+                     strategies=strategies.split(",") if strategies else None, n=n, sets=set_ or [], orm=orm,
+                     prm=prm, temperature=temperature, log=lambda s: console.print(s, highlight=False))
+    except WarmstartError as e:
+        _fail(e)
+        return
+    console.print(f"written {out} and {out.with_suffix('.png')}")
+
+
 def main() -> None:
     try:
         app()

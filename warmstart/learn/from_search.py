@@ -1,0 +1,162 @@
+"""Learning from search: expert iteration, and GRPO whose groups come from a search strategy.
+
+* ``kind: expert_iteration`` -- one step is one iteration: search on fresh training problems
+  (MCTS by default, guided by the run's PRM), keep the solutions the verifier accepts, then
+  ``sft_steps`` supervised updates on the pool of kept solutions (it grows across iterations).
+* ``kind: grpo_search`` -- GRPO with :meth:`GRPOPhase.collect` swapped: each problem's group is the
+  set of complete solutions the search produced (best-of-N reproduces plain GRPO; beam/MCTS give
+  groups of searched solutions). Behaviour log-probs are those the sampler recorded step by step
+  (same policy, same temperature), so the clipped ratio is exact.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from warmstart.engine.config import PhaseConfig
+from warmstart.episode import Episode, collate
+from warmstart.learn.core import masked_mean
+from warmstart.learn.grpo import GRPOConfig, GRPOPhase
+from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
+from warmstart.registry import PHASES
+from warmstart.search.strategies import SearchConfig, run_search
+
+
+def search_scorer(cfg: SearchConfig, ctx):
+    """The scorer a search config names: a reward model from ``reward_model:``, from an earlier
+    phase of this run (``ctx.extras``), or from ``<run dir>/reward_models/<kind>``."""
+    from warmstart.search.scorers import make_scorer
+
+    rm = cfg.reward_model
+    if cfg.scorer in ("orm", "prm") and rm is None:
+        rm = ctx.extras.get(cfg.scorer)
+        if rm is None and ctx.run_dir is not None and (Path(ctx.run_dir) / "reward_models" / cfg.scorer).exists():
+            rm = str(Path(ctx.run_dir) / "reward_models" / cfg.scorer)
+    return make_scorer(cfg.scorer, ctx.task, **{cfg.scorer: rm} if cfg.scorer in ("orm", "prm") else {})
+
+
+class ExpertIterationConfig(PhaseConfig):
+    kind: str = "expert_iteration"
+    steps: int = Field(4, ge=0, description="iterations (search -> filter -> SFT)")
+    problems_per_iter: int = Field(128, ge=1, description="fresh training problems searched per iteration")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="strategy and knobs of the search")
+    keep_per_problem: int = Field(2, ge=1, description="distinct verified solutions kept per problem (the chosen one first)")
+    accumulate: bool = Field(True, description="train on all solutions kept so far (False: this iteration's only)")
+    sft_steps: int = Field(40, ge=1, description="supervised updates per iteration")
+    batch_size: int = Field(64, ge=1, description="solutions per update")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    schedule: Schedule = Field("constant", description="learning-rate schedule over all updates of the phase")
+    warmup: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class ExpertIterationPhase:
+    def __init__(self, cfg: ExpertIterationConfig, ctx):
+        self.cfg, self.ctx = cfg, ctx
+        self.policy = ctx.policy
+        self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay, betas=(0.9, 0.98))
+        self.pool: list[Episode] = []
+        self.scorer = None
+        self._k = 0
+
+    def step(self, global_step: int) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        if self.scorer is None:
+            self.scorer = search_scorer(cfg.search, ctx)
+        gen = ctx.generator(global_step)
+        problems = ctx.task.sample_problems(cfg.problems_per_iter, gen)
+        t0 = time.time()
+        res = run_search(self.policy, ctx.task, problems, self.scorer, cfg.search, gen)
+        t_search = time.time() - t0
+        kept: list[Episode] = []
+        for chosen, cands in zip(res.episodes, res.candidates):
+            seen: set[str] = set()
+            for e in [chosen, *cands]:
+                if len(seen) >= cfg.keep_per_problem:
+                    break
+                if e.text not in seen and ctx.task.is_correct(e.text, e.info["answer"]) and e.ids and e.ids[-1] == self.policy.eos_id:
+                    seen.add(e.text)
+                    kept.append(e)
+        self.pool = (self.pool + kept) if cfg.accumulate else kept
+        metrics = {"search_accuracy": res.accuracy(ctx.task), "search_tokens": res.mean_tokens,
+                   "search_time_s": t_search, "search_tokens_per_s": res.stats["tokens_per_s"],
+                   "kept": len(kept), "pool": len(self.pool)}
+        if not self.pool:
+            return metrics
+        self.policy.model.train()
+        t1, ntok, losses = time.time(), 0, []
+        total = cfg.steps * cfg.sft_steps
+        for j in range(cfg.sft_steps):
+            set_lr(self.opt, lr_at(self._k * cfg.sft_steps + j, total, cfg.lr, cfg.schedule, cfg.warmup))
+            idx = torch.randint(len(self.pool), (cfg.batch_size,), generator=gen).tolist()
+            batch = collate([self.pool[i] for i in idx], self.policy.pad_id)
+            lp = self.policy.forward_logprobs(batch.input_ids, batch.attention_mask)  # (B, T-1)
+            loss = -masked_mean(lp, batch.action_mask)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.policy.model.parameters(), cfg.max_grad_norm)
+            self.opt.step()
+            losses.append(loss.item())
+            ntok += int(batch.attention_mask.sum())
+        self._k += 1
+        metrics.update({"loss": sum(losses) / len(losses), "lr": self.opt.param_groups[0]["lr"],
+                        "tokens_per_s": ntok / max(time.time() - t1, 1e-9)})
+        return metrics
+
+    def on_start(self, first_step: int) -> None:
+        self._k = first_step
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict(), "pool": self.pool}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.pool = state["pool"]
+
+
+@PHASES.register("expert_iteration", ExpertIterationConfig)
+def make_expert_iteration(cfg: ExpertIterationConfig, ctx) -> ExpertIterationPhase:
+    """Expert iteration: search, keep verified solutions, SFT on them, repeat."""
+    return ExpertIterationPhase(cfg, ctx)
+
+
+class SearchGRPOConfig(GRPOConfig):
+    kind: str = "grpo_search"
+    search: SearchConfig = Field(default_factory=lambda: SearchConfig(strategy="beam"),
+                                 description="strategy whose complete solutions form each problem's group")
+
+
+class SearchGRPOPhase(GRPOPhase):
+    """GRPO whose groups are the complete solutions of a search (at most ``group_size`` each)."""
+
+    def collect(self, global_step: int):
+        cfg, ctx = self.cfg, self.ctx
+        if getattr(self, "_scorer", None) is None:
+            self._scorer = search_scorer(cfg.search, ctx)
+        gen = ctx.generator(global_step)
+        problems = ctx.task.sample_problems(cfg.prompts_per_step, gen)
+        t0 = time.time()
+        # the learner re-scores log-probs at cfg.temperature: sample at the same one
+        scfg = cfg.search.model_copy(update={"temperature": cfg.temperature})
+        res = run_search(self.policy, ctx.task, problems, self._scorer, scfg, gen)
+        dt = time.time() - t0
+        episodes = []
+        for i, cands in enumerate(res.candidates):
+            group = cands[: cfg.group_size] or [res.episodes[i]]
+            for e in group:
+                e.group = i
+                episodes.append(e)
+        ctx.rewards.score(episodes)
+        ntok = sum(res.tokens)
+        return episodes, {"sample_time_s": dt, "sampled_tokens": ntok, "sample_tokens_per_s": ntok / max(dt, 1e-9)}
+
+
+@PHASES.register("grpo_search", SearchGRPOConfig)
+def make_grpo_search(cfg: SearchGRPOConfig, ctx) -> SearchGRPOPhase:
+    """GRPO whose groups come from a search strategy (beam, MCTS, best-of-N ...)."""
+    return SearchGRPOPhase(cfg, ctx)

@@ -1,0 +1,163 @@
+"""``warmstart search`` and ``warmstart scaling``: test-time search on a saved policy.
+
+``search`` runs one strategy at one token budget on held-out problems and reports accuracy, tokens
+per problem and throughput. ``scaling`` sweeps every strategy over several budgets and writes JSON
+rows ``{strategy, budget_tokens, accuracy, ...}`` plus a plot (accuracy vs generated tokens).
+
+Budgets are sampled tokens per problem. best-of-N / voting / beam size their knob from the budget
+and the mean length of one greedy solution; MCTS and revision stop once a problem has spent it.
+Reward models are found in the checkpoint's run (``<run>/reward_models/{orm,prm}``) unless given.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from warmstart.errors import ConfigError, WarmstartError
+
+DEFAULT_SCORER = {"best_of_n": "orm", "vote": "none", "weighted_vote": "orm", "beam": "prm", "mcts": "prm", "revise": "prm"}
+
+
+def build_task(task: str, sets: list[str] | None = None):
+    """A held-out task from a kind (``chain_arithmetic``), a JSONL file or a recipe YAML."""
+    from warmstart.engine.config import apply_override, load_recipe, parse_value
+    from warmstart.registry import TASKS
+
+    p = Path(task)
+    if p.suffix in (".yaml", ".yml"):
+        recipe, _ = load_recipe(p)
+        tcfg = recipe.eval_task or recipe.task
+    else:
+        raw = {"kind": "jsonl", "path": str(p)} if p.suffix == ".jsonl" else {"kind": task}
+        for s in sets or []:
+            if "=" not in s:
+                raise ConfigError(f"--set {s!r}: expected KEY=VALUE, e.g. --set n_terms=9")
+            k, v = s.split("=", 1)
+            apply_override(raw, k, parse_value(v))
+        try:
+            tcfg = TASKS.get(raw["kind"]).config.model_validate(raw)
+        except Exception as e:
+            if isinstance(e, WarmstartError):
+                raise
+            raise ConfigError(f"--task {task}: invalid task options: {e}") from None
+    return TASKS.get(tcfg.kind).factory(tcfg, split="test", seed=0)
+
+
+class SearchSession:
+    """A loaded policy, task, held-out problems and reward models, reused across runs."""
+
+    def __init__(self, checkpoint, task: str, n: int = 200, sets: list[str] | None = None,
+                 orm: str | None = None, prm: str | None = None, temperature: float = 0.8, seed: int = 0):
+        from warmstart.engine.eval import _load_policy
+        from warmstart.rewards.models import find_reward_model
+
+        if not Path(checkpoint).is_dir():
+            raise WarmstartError(f"checkpoint {str(checkpoint)!r} is not a directory.")
+        self.task = build_task(task, sets)
+        self.policy = _load_policy(Path(checkpoint), self.task)
+        self.problems = self.task.eval_problems(n)
+        self.rm_paths = {"orm": orm or find_reward_model(checkpoint, "orm"), "prm": prm or find_reward_model(checkpoint, "prm")}
+        self._rms: dict = {}
+        self.temperature, self.seed = temperature, seed
+        self._greedy = None
+
+    def greedy(self) -> dict:
+        """Greedy accuracy and mean solution length (the budget unit); computed once."""
+        if self._greedy is None:
+            from warmstart.rollout.single_turn import rollout
+
+            t0 = time.time()
+            eps, st = rollout(self.policy, self.problems, 1, self.task.max_new_tokens, 0.0)
+            acc = sum(self.task.is_correct(e.text, p.answer) for e, p in zip(eps, self.problems)) / len(eps)
+            self._greedy = {"accuracy": acc, "tokens": st["sampled_tokens"] / len(eps),
+                            "tokens_per_s": st["sample_tokens_per_s"], "time_s": time.time() - t0}
+        return self._greedy
+
+    def scorer(self, kind: str):
+        from warmstart.search.scorers import make_scorer
+
+        if kind in ("orm", "prm") and kind not in self._rms:
+            if self.rm_paths[kind] is None:
+                raise WarmstartError(f"no {kind.upper()} found next to the checkpoint (<run>/reward_models/{kind}); "
+                                     f"pass --{kind} DIR, train one with a `kind: train_{kind}` phase, or pick --scorer.")
+            from warmstart.rewards.models import RewardModel
+
+            self._rms[kind] = RewardModel.load(self.rm_paths[kind])
+        return make_scorer(kind, self.task, orm=self._rms.get("orm"), prm=self._rms.get("prm"))
+
+    def run(self, strategy: str, budget: int, scorer: str | None = None, **knobs) -> dict:
+        from warmstart.search.strategies import STRATEGIES, knobs_for_budget
+
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"--strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}.")
+        scorer = scorer or DEFAULT_SCORER[strategy]
+        kw = knobs_for_budget(strategy, budget, self.greedy()["tokens"])
+        kw.update(knobs)
+        gen = torch.Generator().manual_seed(self.seed)
+        res = STRATEGIES[strategy](self.policy, self.task, self.problems, self.scorer(scorer),
+                                   temperature=self.temperature, generator=gen, **kw)
+        row = {"strategy": strategy, "scorer": scorer, "budget_tokens": budget, "accuracy": res.accuracy(self.task),
+               "generated_tokens": res.mean_tokens, "knobs": kw, "n": len(self.problems),
+               "time_s": res.stats["time_s"], "tokens_per_s": res.stats["tokens_per_s"]}
+        for k in ("expansions", "expansions_per_s", "waves"):
+            if k in res.stats:
+                row[k] = res.stats[k]
+        return row
+
+
+def search_main(checkpoint, task, strategy, budget, scorer=None, n=200, sets=None, orm=None, prm=None,
+                temperature=0.8, seed=0) -> dict:
+    s = SearchSession(checkpoint, task, n, sets, orm, prm, temperature, seed)
+    g = s.greedy()
+    row = s.run(strategy, budget, scorer)
+    row["greedy_accuracy"], row["greedy_tokens"] = g["accuracy"], g["tokens"]
+    return row
+
+
+def scaling_main(checkpoint, task, out: Path, budgets: list[int] | None = None, multiples=(1, 2, 4, 8),
+                 strategies=None, n=200, sets=None, orm=None, prm=None, temperature=0.8, seed=0, log=print) -> list[dict]:
+    """Every strategy at every budget; rows to ``out`` (JSON) and a plot beside it (``.png``)."""
+    from warmstart.search.strategies import STRATEGIES
+
+    s = SearchSession(checkpoint, task, n, sets, orm, prm, temperature, seed)
+    g = s.greedy()
+    budgets = budgets or [int(round(m * g["tokens"])) for m in multiples]
+    rows = [{"strategy": "greedy", "scorer": "none", "budget_tokens": int(round(g["tokens"])), "accuracy": g["accuracy"],
+             "generated_tokens": g["tokens"], "n": len(s.problems), "time_s": g["time_s"], "tokens_per_s": g["tokens_per_s"]}]
+    log(json.dumps(rows[0]))
+    for strat in strategies or list(STRATEGIES):
+        for b in budgets:
+            rows.append(s.run(strat, b))
+            log(json.dumps(rows[-1]))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    plot_scaling(rows, out.with_suffix(".png"), f"{Path(checkpoint)} on {task} (n={len(s.problems)})")
+    return rows
+
+
+def plot_scaling(rows: list[dict], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for strat in dict.fromkeys(r["strategy"] for r in rows):
+        rs = sorted((r for r in rows if r["strategy"] == strat), key=lambda r: r["generated_tokens"])
+        label = f"{strat} ({rs[0]['scorer']})" if rs[0].get("scorer") not in (None, "none") else strat
+        style = "k*" if strat == "greedy" else "o-"
+        ax.plot([r["generated_tokens"] for r in rs], [r["accuracy"] for r in rs], style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("generated tokens per problem")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

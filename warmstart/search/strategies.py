@@ -1,0 +1,297 @@
+"""Search strategies: spend more sampled tokens for better answers.
+
+Each function takes ``(policy, task, problems, scorer, ...)`` and returns a
+:class:`~warmstart.search.base.SearchResult`. All of them batch across problems (and across beams,
+leaves and samples): one sampler call per wave, one scorer call per wave.
+
+* :func:`best_of_n`     -- N samples, keep the best-scored;
+* :func:`vote`          -- N samples, majority vote over answers (``weighted``: sum of scores);
+* :func:`beam_search`   -- step-level beam: expand each beam by a few steps, keep the top-k by score;
+* :func:`mcts_search`   -- PUCT tree search over reasoning steps (see :mod:`warmstart.search.mcts`);
+* :func:`revise`        -- sequential revision: keep the steps the scorer trusts, rewrite the rest.
+
+:class:`SearchConfig` names a strategy and its knobs for recipes; :func:`run_search` dispatches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from warmstart.engine.config import Strict
+from warmstart.search.base import Expander, Partial, SearchResult
+from warmstart.tasks.base import Problem, extract_answer, normalize_answer
+
+Strategy = Literal["best_of_n", "vote", "weighted_vote", "beam", "mcts", "revise"]
+
+
+class SearchConfig(Strict):
+    strategy: Strategy = Field("mcts", description="best_of_n, vote, weighted_vote, beam, mcts or revise")
+    scorer: Literal["prm", "orm", "verifier", "none"] = Field("prm", description="what scores candidates / guides the search")
+    reward_model: str | None = Field(None, description="directory of the ORM/PRM; default: reward_models/<scorer> in the run dir")
+    budget_tokens: int | None = Field(None, ge=1, description="sampled tokens per problem; mcts/revise stop there, others size their knob from it")
+    n: int = Field(8, ge=1, description="best_of_n / vote: samples per problem")
+    beam_width: int = Field(4, ge=1, description="beam: beams kept per problem")
+    expand: int = Field(2, ge=1, description="beam: steps sampled per beam and depth")
+    simulations: int = Field(32, ge=1, description="mcts: simulations per problem")
+    width: int = Field(4, ge=1, description="mcts: steps sampled when a node is expanded")
+    leaves_per_tree: int = Field(4, ge=1, description="mcts: leaves expanded per tree per batched wave")
+    c_puct: float = Field(1.5, gt=0, description="mcts: exploration constant")
+    value: Literal["scorer", "rollout"] = Field("scorer", description="mcts: node value from the scorer, or from a policy rollout scored by it")
+    final: Literal["value", "visits"] = Field("value", description="mcts: answer = best-scored complete node, or the most-visited path")
+    rounds: int = Field(2, ge=0, description="revise: revision rounds after the first attempt")
+    max_depth: int | None = Field(None, ge=1, description="beam/mcts: most steps (default: the task's limit / 4 + 2)")
+    max_step_tokens: int = Field(16, ge=1, description="longest step (tokens up to the separator)")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+def _answer(text: str, task) -> str | None:
+    return normalize_answer(extract_answer(text, task.answer_marker))
+
+
+def _finish(x: Expander, chosen: list[Partial], scores: list[float], cands: list[list[tuple[Partial, float]]],
+            name: str, t0: float, extra_info: list[dict] | None = None, stats: dict | None = None) -> SearchResult:
+    eps = []
+    for i, (p, s) in enumerate(zip(chosen, scores)):
+        info = {"strategy": name, "score": s, "generated_tokens": x.tokens[i], "candidates": len(cands[i])}
+        if extra_info:
+            info.update(extra_info[i])
+        eps.append(x.episode(p, **info))
+    cand_eps = [[x.episode(p, score=s) for p, s in cs] for cs in cands]
+    dt = time.time() - t0
+    st = {"strategy": name, "time_s": dt, "sample_time_s": x.sample_time, "sampler_calls": x.calls,
+          "generated_tokens": sum(x.tokens), "tokens_per_s": sum(x.tokens) / max(x.sample_time, 1e-9)}
+    st.update(stats or {})
+    return SearchResult(eps, cand_eps, list(x.tokens), st)
+
+
+def best_of_n(policy, task, problems: list[Problem], scorer, n: int = 8, temperature: float = 1.0, top_p: float = 1.0,
+              generator=None, **_) -> SearchResult:
+    """N independent samples per problem (one batched call); the best-scored one is the answer."""
+    t0 = time.time()
+    x = Expander(policy, task, problems, temperature, top_p, generator)
+    kids = x.expand([Partial(i) for i in range(len(problems))], n, full=True)
+    flat = [k for ks in kids for k in ks]
+    scores = scorer([problems[k.problem] for k in flat], [x.text(k) for k in flat])
+    cands = [list(zip(ks, scores[i * n:(i + 1) * n])) for i, ks in enumerate(kids)]
+    chosen = [max(cs, key=lambda c: c[1]) for cs in cands]
+    return _finish(x, [c[0] for c in chosen], [c[1] for c in chosen], cands, "best_of_n", t0)
+
+
+def vote(policy, task, problems: list[Problem], scorer=None, n: int = 8, weighted: bool = False,
+         temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
+    """Self-consistency: N samples, the most frequent answer wins (``weighted``: the answer with the
+    largest summed score). The returned episode is the best-scored sample with that answer."""
+    from warmstart.search.scorers import ConstantScorer
+
+    t0 = time.time()
+    scorer = scorer if (weighted and scorer is not None) else ConstantScorer()
+    x = Expander(policy, task, problems, temperature, top_p, generator)
+    kids = x.expand([Partial(i) for i in range(len(problems))], n, full=True)
+    flat = [k for ks in kids for k in ks]
+    scores = scorer([problems[k.problem] for k in flat], [x.text(k) for k in flat])
+    chosen, chosen_s, cands, infos = [], [], [], []
+    for i, ks in enumerate(kids):
+        cs = list(zip(ks, scores[i * n:(i + 1) * n]))
+        tally: dict = defaultdict(float)
+        for k, s in cs:
+            a = _answer(x.text(k), task)
+            if a is not None:
+                tally[a] += s if weighted else 1.0
+        if tally:
+            win = max(tally, key=lambda a: tally[a])
+            best = max((c for c in cs if _answer(x.text(c[0]), task) == win), key=lambda c: c[1])
+        else:
+            win, best = None, max(cs, key=lambda c: c[1])
+        chosen.append(best[0])
+        chosen_s.append(best[1])
+        cands.append(cs)
+        infos.append({"votes": dict(tally), "answer_voted": win})
+    return _finish(x, chosen, chosen_s, cands, "weighted_vote" if weighted else "vote", t0, infos)
+
+
+def keep_top_k(cands: list[tuple[Partial, float]], k: int) -> list[tuple[Partial, float]]:
+    """The ``k`` best-scored candidates (stable: earlier ones win ties)."""
+    order = sorted(range(len(cands)), key=lambda i: (-cands[i][1], i))
+    return [cands[i] for i in order[:k]]
+
+
+def beam_search(policy, task, problems: list[Problem], scorer, beam_width: int = 4, expand: int = 2,
+                max_depth: int | None = None, max_step_tokens: int = 16, temperature: float = 1.0, top_p: float = 1.0,
+                generator=None, **_) -> SearchResult:
+    """Step-level beam search: at each depth every live beam samples ``expand`` next steps (one
+    batched call for all problems), the scorer (a PRM) scores every new prefix (one call), and each
+    problem keeps its ``beam_width`` best. Complete candidates leave the beam for the finished pool;
+    the answer is the best-scored finished one."""
+    t0 = time.time()
+    x = Expander(policy, task, problems, temperature, top_p, generator, max_step_tokens)
+    max_depth = max_depth or default_depth(task)
+    beams: list[list[Partial]] = [[Partial(i)] for i in range(len(problems))]
+    finished: list[list[tuple[Partial, float]]] = [[] for _ in problems]
+    kept_trace: list[list[list[float]]] = [[] for _ in problems]
+    for depth in range(max_depth):
+        live = [b for bs in beams for b in bs]
+        if not live:
+            break
+        kids = x.expand(live, expand, full=depth == max_depth - 1)
+        per_problem: dict[int, list[Partial]] = defaultdict(list)
+        seen: set[tuple] = set()
+        for ks in kids:
+            for k in ks:
+                if (k.problem, k.ids) not in seen:  # identical prefixes: keep one
+                    seen.add((k.problem, k.ids))
+                    per_problem[k.problem].append(k)
+        flat = [k for i in sorted(per_problem) for k in per_problem[i]]
+        scores = scorer([problems[k.problem] for k in flat], [x.text(k) for k in flat])
+        by_p: dict[int, list[tuple[Partial, float]]] = defaultdict(list)
+        for k, s in zip(flat, scores):
+            by_p[k.problem].append((k, s))
+        beams = [[] for _ in problems]
+        for i, cs in by_p.items():
+            top = keep_top_k(cs, beam_width)
+            kept_trace[i].append([round(s, 4) for _, s in top])
+            for k, s in top:
+                (finished[i].append((k, s)) if k.done else beams[i].append(k))
+    # problems whose beams never finished: complete the best live prefix
+    chosen, chosen_s = [], []
+    for i in range(len(problems)):
+        if not finished[i]:
+            leftover = x.complete(beams[i][:1] or [Partial(i)])[0]
+            s = scorer([problems[i]], [x.text(leftover)])[0]
+            finished[i].append((leftover, s))
+        best = max(finished[i], key=lambda c: c[1])
+        chosen.append(best[0])
+        chosen_s.append(best[1])
+    infos = [{"beam_scores": kept_trace[i]} for i in range(len(problems))]
+    return _finish(x, chosen, chosen_s, finished, "beam", t0, infos)
+
+
+def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int = 32, width: int = 4,
+                leaves_per_tree: int = 4, c_puct: float = 1.5, value: str = "scorer", final: str = "value",
+                max_depth: int | None = None, max_step_tokens: int = 16, budget_tokens: int | None = None,
+                temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
+    """MCTS over reasoning steps, all trees searched together (one sampler call and one scorer call
+    per wave). Stops a tree after ``simulations`` or once it has sampled ``budget_tokens``. The answer
+    is the best-valued complete node (``final='value'``) or the end of the most-visited path
+    (``'visits'``), completed by sampling when the path stops short. Tree statistics go to ``info``."""
+    from warmstart.search.mcts import MCTS, ReasoningStepEnv, iter_nodes, most_visited_path, tree_stats
+
+    t0 = time.time()
+    x = Expander(policy, task, problems, temperature, top_p, generator, max_step_tokens)
+    max_depth = max_depth or default_depth(task)
+    env = ReasoningStepEnv(x, scorer, width, max_depth, value)
+    stop = (lambda t: x.tokens[t] >= budget_tokens) if budget_tokens else None
+    sims = simulations if not budget_tokens else max(simulations, 10_000)
+    tree = MCTS(env, sims, c_puct, leaves_per_tree, max_depth, stop)
+    roots = tree.search([Partial(i) for i in range(len(problems))])
+    chosen: list[Partial | None] = [None] * len(problems)
+    chosen_s = [0.0] * len(problems)
+    cands = []
+    for i, root in enumerate(roots):
+        terms = [n for n in iter_nodes(root) if n.terminal]
+        cands.append([(n.state, n.value) for n in sorted(terms, key=lambda n: -n.visits)])
+        if final == "value" and terms:
+            best = max(terms, key=lambda n: (n.value, n.visits))
+            chosen[i], chosen_s[i] = best.state, best.value
+        else:
+            end = most_visited_path(root)[-1]
+            chosen[i], chosen_s[i] = end.state, end.value
+    # paths that stop short of an answer are finished by sampling (their tokens count)
+    todo = [i for i, p in enumerate(chosen) if not p.done]
+    if todo:
+        done = x.complete([chosen[i] for i in todo])
+        sc = scorer([problems[i] for i in todo], [x.text(d) for d in done])
+        for i, d, s in zip(todo, done, sc):
+            chosen[i], chosen_s[i] = d, s
+            cands[i].append((d, s))
+    infos = [{"tree": tree_stats(r)} for r in roots]
+    stats = {"expansions": tree.expansions, "evaluations": tree.evaluations, "waves": tree.waves,
+             "mcts_time_s": tree.time_s, "expansions_per_s": tree.expansions / max(tree.time_s, 1e-9)}
+    return _finish(x, chosen, chosen_s, cands, "mcts", t0, infos, stats)
+
+
+def revise(policy, task, problems: list[Problem], scorer, rounds: int = 2, budget_tokens: int | None = None,
+           temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
+    """Sequential revision: the policy writes a solution; each round the scorer (a PRM) scores every
+    step prefix of the current best attempt, the steps before the first doubtful one (the lowest
+    prefix score) are kept, and the policy rewrites the rest conditioned on them. The best-scored
+    attempt so far is the answer. Runs ``rounds`` rounds, or until ``budget_tokens`` are spent."""
+    t0 = time.time()
+    x = Expander(policy, task, problems, temperature, top_p, generator)
+    first = x.complete([Partial(i) for i in range(len(problems))])
+    sc = scorer(problems, [x.text(p) for p in first])
+    best = list(zip(first, sc))
+    hist: list[list[tuple[Partial, float]]] = [[b] for b in best]
+    max_rounds = rounds if not budget_tokens else 10_000
+    r = 0
+    while r < max_rounds:
+        active = [i for i in range(len(problems)) if not budget_tokens or x.tokens[i] < budget_tokens]
+        if not active:
+            break
+        # step prefixes of each active best attempt, scored in one call
+        prefixes, owner = [], []
+        for i in active:
+            p = best[i][0]
+            cut = [j + 1 for j, t in enumerate(p.ids) if t == x.sep]
+            for c in cut:
+                prefixes.append(Partial(i, p.ids[:c], p.logprobs[:c], 0, False))
+                owner.append(i)
+        ps = scorer([problems[q.problem] for q in prefixes], [x.text(q) for q in prefixes]) if prefixes else []
+        starts = {}
+        for i in active:
+            mine = [(q, s) for q, s, o in zip(prefixes, ps, owner) if o == i]
+            # keep everything before the lowest-scored prefix's last step (empty: restart)
+            if mine:
+                j = min(range(len(mine)), key=lambda k: (mine[k][1], k))
+                starts[i] = mine[j - 1][0] if j > 0 else Partial(i)
+            else:
+                starts[i] = Partial(i)
+        new = x.complete([starts[i] for i in active])
+        ns = scorer([problems[i] for i in active], [x.text(p) for p in new])
+        for i, p, s in zip(active, new, ns):
+            hist[i].append((p, s))
+            if s > best[i][1]:
+                best[i] = (p, s)
+        r += 1
+    infos = [{"rounds": len(h) - 1, "round_scores": [round(s, 4) for _, s in h]} for h in hist]
+    return _finish(x, [b[0] for b in best], [b[1] for b in best], hist, "revise", t0, infos)
+
+
+def default_depth(task) -> int:
+    return max(2, task.max_new_tokens // 4 + 2)
+
+
+STRATEGIES = {
+    "best_of_n": best_of_n,
+    "vote": vote,
+    "weighted_vote": lambda *a, **k: vote(*a, weighted=True, **k),
+    "beam": beam_search,
+    "mcts": mcts_search,
+    "revise": revise,
+}
+
+
+def run_search(policy, task, problems: list[Problem], scorer, cfg: SearchConfig,
+               generator: torch.Generator | None = None) -> SearchResult:
+    """Run the strategy ``cfg`` names on ``problems`` (its knobs from ``cfg``)."""
+    kw = cfg.model_dump(exclude={"strategy", "scorer", "reward_model"})
+    return STRATEGIES[cfg.strategy](policy, task, problems, scorer, generator=generator, **kw)
+
+
+def knobs_for_budget(strategy: str, budget_tokens: int, solution_tokens: float) -> dict:
+    """Knob settings that spend about ``budget_tokens`` per problem, given the mean length of one
+    full solution. mcts and revise stop on the budget itself."""
+    ratio = max(budget_tokens / max(solution_tokens, 1.0), 1.0)
+    if strategy in ("best_of_n", "vote", "weighted_vote"):
+        return {"n": max(1, int(round(ratio)))}
+    if strategy == "beam":
+        expand = 2 if ratio >= 2 else 1
+        return {"expand": expand, "beam_width": max(1, int(round(ratio / expand)))}
+    if strategy in ("mcts", "revise"):
+        return {"budget_tokens": int(budget_tokens)}
+    raise ValueError(strategy)
