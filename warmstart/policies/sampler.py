@@ -60,35 +60,50 @@ class LlamaKVSampler:
         t = torch.arange(self.max_pos, dtype=torch.float32)
         freqs = torch.outer(t, inv)  # (P, hd/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (P, hd), HF's rotate_half layout
-        self.cos, self.sin = emb.cos(), emb.sin()
+        self.cos = emb.cos()
+        # rotate_half(x) * sin == flip_halves(x) * (sign * sin) with sign = [-1]*hd/2 + [+1]*hd/2
+        sign = torch.cat([-torch.ones(self.head_dim // 2), torch.ones(self.head_dim // 2)])
+        self.sin_signed = emb.sin() * sign
 
     # -------------------------------------------------------------------------------- building blocks
     def _rms(self, x, w):
+        if x.dtype == torch.float32:  # one fused kernel instead of five
+            return F.rms_norm(x, (x.shape[-1],), w, self.eps)
         xf = x.float()
         return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
-    @staticmethod
-    def _rot(x):
-        h = x.shape[-1] // 2
-        return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+    def _rope_tables(self, pos):
+        """cos and signed sin at positions ``pos`` (B, S), shaped (B, S, 1, hd) to broadcast over
+        heads; computed once per forward, shared by every layer."""
+        return self.cos[pos].unsqueeze(2), self.sin_signed[pos].unsqueeze(2)
+
+    def _rope(self, x, rope):
+        """Rotary embedding of x (B, S, heads, hd), HF's rotate_half convention."""
+        cos, sin_s = rope
+        B, S, nh, hd = x.shape
+        flipped = x.reshape(B, S, nh, 2, hd // 2).flip(3).reshape(B, S, nh, hd)
+        return torch.addcmul(x * cos, flipped, sin_s)
 
     def _fuse(self):
         """Concatenate q/k/v and gate/up weights once per ``sample`` call (the policy may have been
-        updated since the last call): 4 matmuls a layer instead of 7."""
+        updated since the last call): 4 matmuls a layer instead of 7. The query rows are pre-scaled by
+        1/sqrt(head_dim) (RoPE is linear, so this commutes), which saves a scaling op per layer."""
         self._w = []
+        qs = 1.0 / math.sqrt(self.head_dim)
         for layer in self.model.model.layers:
             att, mlp = layer.self_attn, layer.mlp
             qkv_b = None
             if att.q_proj.bias is not None:
-                qkv_b = torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias])
+                qkv_b = torch.cat([att.q_proj.bias * qs, att.k_proj.bias, att.v_proj.bias])
             self._w.append((
-                torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]), qkv_b,
+                torch.cat([att.q_proj.weight * qs, att.k_proj.weight, att.v_proj.weight]), qkv_b,
                 torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
             ))
 
-    def _layer(self, li, x, pos, kc, vc, slot, mask):
-        """One decoder layer. x: (B, S, H); pos: (B, S) positions; writes K/V at cache columns
-        ``slot`` (a slice) and attends over columns [:slot.stop] with boolean ``mask`` (B, 1, S, K)."""
+    def _layer(self, li, x, rope, kc, vc, slot, mask):
+        """One decoder layer. x: (B, S, H); rope: tables from :meth:`_rope_tables`; writes K/V at cache
+        columns ``slot`` (a slice) and attends over columns [:slot.stop] with ``mask`` (B, 1, S, K):
+        boolean (True = attend) for a prefill, an additive float bias (0 / -inf) for a decode step."""
         layer = self.model.model.layers[li]
         att = layer.self_attn
         w_qkv, b_qkv, w_gu = self._w[li]
@@ -96,13 +111,11 @@ class LlamaKVSampler:
         nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         h = self._rms(x, layer.input_layernorm.weight)
         qkv = F.linear(h, w_qkv, b_qkv)  # (B, S, nq + 2 nkv)
-        q = qkv[..., :nq].view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, S, hd)
-        k = qkv[..., nq : nq + nkv].view(B, S, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, S, hd)
+        # RoPE on queries and keys together: (B, S, nh + nkv, hd)
+        qk = self._rope(qkv[..., : nq + nkv].view(B, S, self.n_heads + self.n_kv, self.head_dim), rope)
+        q = qk[:, :, : self.n_heads].transpose(1, 2)  # (B, nh, S, hd), already scaled by 1/sqrt(hd)
+        k = qk[:, :, self.n_heads :].transpose(1, 2)  # (B, nkv, S, hd)
         v = qkv[..., nq + nkv :].view(B, S, self.n_kv, self.head_dim).transpose(1, 2)
-        cos = self.cos[pos].unsqueeze(1)  # (B, 1, S, hd)
-        sin = self.sin[pos].unsqueeze(1)
-        q = q * cos + self._rot(q) * sin
-        k = k * cos + self._rot(k) * sin
         kc[li][:, :, slot] = k
         vc[li][:, :, slot] = v
         K = kc[li][:, :, : slot.stop]
@@ -113,11 +126,10 @@ class LlamaKVSampler:
             V = V.repeat_interleave(rep, dim=1)
         if S == 1:
             # decode: one query per row; plain matmuls beat the fused kernel at this size
-            att_w = (q @ K.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, 1, K)
-            att_w = att_w.masked_fill(~mask, float("-inf")).softmax(-1)
-            o = att_w @ V  # (B, nh, 1, hd)
+            att_w = q @ K.transpose(-1, -2) + mask  # (B, nh, 1, K); mask is the additive bias
+            o = att_w.softmax(-1) @ V  # (B, nh, 1, hd)
         else:
-            o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)  # (B, nh, S, hd)
+            o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=1.0)  # (B, nh, S, hd)
         o = o.transpose(1, 2).reshape(B, S, nq)
         x = x + att.o_proj(o)
         h = self._rms(x, layer.post_attention_layernorm.weight)
@@ -137,7 +149,7 @@ class LlamaKVSampler:
         state = self._prefill(prompts, P, pad_id, extra=0)
         return state["logits_all"]
 
-    def _prefill(self, prompts, P, pad_id, extra):
+    def _prefill(self, prompts, P, pad_id, extra, all_logits=True):
         self._fuse()
         B = len(prompts)
         dev = self.cos.device
@@ -158,9 +170,11 @@ class LlamaKVSampler:
         vc = [torch.empty(B, self.n_kv, L, self.head_dim, dtype=dtype, device=dev) for _ in range(self.n_layers)]
         x = self.model.model.embed_tokens(ids)
         slot = slice(0, P)
+        rope = self._rope_tables(pos)
         for li in range(self.n_layers):
-            x = self._layer(li, x, pos, kc, vc, slot, mask)
-        return {"x": x, "kc": kc, "vc": vc, "real": real, "npad": npad, "logits_all": self._logits(x)}
+            x = self._layer(li, x, rope, kc, vc, slot, mask)
+        logits = self._logits(x if all_logits else x[:, -1:])
+        return {"kc": kc, "vc": vc, "real": real, "npad": npad, "logits_all": logits}
 
     @torch.no_grad()
     def sample(
@@ -183,14 +197,24 @@ class LlamaKVSampler:
         P = max(len(p) for p in prompts)
         if P + max_new_tokens > self.max_pos:
             max_new_tokens = max(0, self.max_pos - P)
-        st = self._prefill(prompts, P, pad_id, extra=max_new_tokens)
-        kc, vc = st["kc"], st["vc"]
-        last = st["logits_all"][:, -1, :]  # (B, V)
+        # GRPO and pass@k sample each prompt many times: prefill every distinct prompt once, then
+        # copy its cache rows (the cache copy is much cheaper than the repeated prefill)
+        distinct: dict[tuple, int] = {}
+        inv = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts])
+        st = self._prefill([list(p) for p in distinct], P, pad_id, extra=max_new_tokens, all_logits=False)
+        kc, vc, real, npad = st["kc"], st["vc"], st["real"], st["npad"]
+        last = st["logits_all"][:, -1, :]  # (U, V)
+        if len(distinct) < B:
+            kc = [c.index_select(0, inv) for c in kc]
+            vc = [c.index_select(0, inv) for c in vc]
+            last, real, npad = last[inv], real[inv], npad[inv]
         # per-row state; `rows` maps active batch index -> original row
         rows = torch.arange(B)
-        key_ok = torch.zeros(B, P + max_new_tokens, dtype=torch.bool)
-        key_ok[:, :P] = st["real"]
-        next_pos = P - st["npad"]  # (B,) position of the next token
+        # additive attention bias over cache columns: -inf on left padding, 0 on real prompt tokens and
+        # on every generated column (a decode step only looks at the columns written so far)
+        key_bias = torch.zeros(B, P + max_new_tokens, dtype=last.dtype)
+        key_bias[:, :P].masked_fill_(~real, float("-inf"))
+        next_pos = P - npad  # (B,) position of the next token
         out_ids: list[list[int]] = [[] for _ in range(B)]
         out_lp: list[list[float]] = [[] for _ in range(B)]
         finished = [False] * B
@@ -223,19 +247,18 @@ class LlamaKVSampler:
                     alive_done = alive_done[keep]
                     idx = keep.nonzero().squeeze(1)
                     rows, tok, next_pos = rows[idx], tok[idx], next_pos[idx]
-                    key_ok = key_ok[idx]
+                    key_bias = key_bias[idx]
                     kc = [c.index_select(0, idx) for c in kc]
                     vc = [c.index_select(0, idx) for c in vc]
             if t == max_new_tokens - 1:
                 break
             col = P + t
-            key_ok[:, col] = True
-            mask = key_ok[:, : col + 1].unsqueeze(1).unsqueeze(1)  # (b, 1, 1, K)
+            mask = key_bias[:, None, None, : col + 1]  # (b, 1, 1, K)
             x = self.model.model.embed_tokens(tok.unsqueeze(1))  # (b, 1, H)
-            pos = next_pos.unsqueeze(1)
+            rope = self._rope_tables(next_pos.unsqueeze(1))
             slot = slice(col, col + 1)
             for li in range(self.n_layers):
-                x = self._layer(li, x, pos, kc, vc, slot, mask)
+                x = self._layer(li, x, rope, kc, vc, slot, mask)
             next_pos = next_pos + 1
             last = self._logits(x)[:, -1, :]
         L = lengths.tolist()
