@@ -14,6 +14,8 @@ MODULES = [
     "warmstart.learn.grpo",
     "warmstart.rewards.models",
     "warmstart.learn.from_search",
+    "warmstart.tasks.self_correct",
+    "warmstart.learn.multi_turn",
 ]
 
 # Modules written by later work; listed here when they exist so the registry knows them.

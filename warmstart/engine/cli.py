@@ -58,6 +58,7 @@ def eval_(
     temperature: float = typer.Option(1.0, "--temperature", help="sampling temperature for pass@k"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="task option, e.g. --set n_terms=9"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write the metrics JSON (default CHECKPOINT/eval-<task>.json)"),
+    turns: Optional[int] = typer.Option(None, "--turns", help="attempts per problem for a multi-turn task (e.g. 2 with self_correct_arithmetic: Acc@t1, Acc@t2, delta ...)"),
 ):
     """Evaluate a saved policy on a task's held-out split; prints and writes the metrics."""
     from warmstart.engine.config import EvalConfig, apply_override, load_recipe, parse_value
@@ -65,7 +66,7 @@ def eval_(
 
     try:
         ev = EvalConfig(n=n, samples=samples, temperature=temperature)
-        metrics, label = evaluate_checkpoint(checkpoint, task, ev, [s for s in (set_ or [])])
+        metrics, label = evaluate_checkpoint(checkpoint, task, ev, [s for s in (set_ or [])], turns=turns)
     except WarmstartError as e:
         _fail(e)
         return

@@ -30,8 +30,9 @@ def _load_policy(checkpoint: Path, task):
                          "Pass a run's final/ or checkpoints/step-N/.")
 
 
-def evaluate_checkpoint(checkpoint: Path, task: str, ev: EvalConfig, sets: list[str]) -> tuple[dict, str]:
-    """Build the task named by ``task`` (kind, JSONL path or recipe), load the checkpoint, evaluate."""
+def evaluate_checkpoint(checkpoint: Path, task: str, ev: EvalConfig, sets: list[str], turns: int | None = None) -> tuple[dict, str]:
+    """Build the task named by ``task`` (kind, JSONL path or recipe), load the checkpoint, evaluate
+    (with ``turns`` attempts per problem when the task is multi-turn)."""
     if not Path(checkpoint).is_dir():
         raise WarmstartError(f"checkpoint {str(checkpoint)!r} is not a directory.")
     p = Path(task)
@@ -52,6 +53,11 @@ def evaluate_checkpoint(checkpoint: Path, task: str, ev: EvalConfig, sets: list[
         except Exception as e:  # pydantic ValidationError -> readable
             raise ConfigError(f"--task {task}: invalid task options: {e}") from None
         label = p.stem if p.suffix == ".jsonl" else task
+    if turns is not None:
+        if "max_turns" not in type(tcfg).model_fields:
+            raise ConfigError(f"--turns {turns}: task '{tcfg.kind}' is single-turn. Use a multi-turn task, e.g. "
+                              "--task self_correct_arithmetic (two attempts at chain arithmetic).")
+        tcfg = tcfg.model_copy(update={"max_turns": turns})
     task_obj = TASKS.get(tcfg.kind).factory(tcfg, split="test", seed=0)
     policy = _load_policy(checkpoint, task_obj)
     return task_obj.evaluate(policy, ev, None), label

@@ -1,0 +1,107 @@
+"""SCoRe vs. STaR, Pair-SFT and naive multi-turn RL: do they teach a tiny model to correct itself?
+
+Per seed: one SFT warm start (the ``sft`` phase shared by ``recipes/score*.yaml``: same task, policy,
+SFT block and seed, so every recipe's own SFT would produce this very model), then each method's
+learning phases from that checkpoint, with the same sampling budget (steps x problems x samples).
+Every policy is evaluated greedily on the same held-out problems in two attempts. Prints a table of
+Acc@t1, Acc@t2, Δ = Acc@t2 - Acc@t1, Δ^{i→c}, Δ^{c→i} and the share of changed answers (points,
+mean ± sd over seeds) and the command that made it.
+
+    OMP_NUM_THREADS=1 python benchmarks/score_selfcorrect.py --seeds 0 1 2 [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METHODS = [  # (label, recipe)
+    ("STaR", "score-star.yaml"),
+    ("Pair-SFT", "score-pair-sft.yaml"),
+    ("naive multi-turn RL", "score-naive-rl.yaml"),
+    ("SCoRe (Stage I + II)", "score.yaml"),
+]
+KEYS = ["acc@t1", "acc@t2", "delta", "delta_i2c", "delta_c2i", "changed", "worked@t1", "worked@t2"]
+
+
+def _run(raw: dict, run_dir: Path) -> dict:
+    from warmstart.engine.config import validate_recipe
+    from warmstart.engine.run import run_recipe
+
+    recipe = validate_recipe(raw, source=str(run_dir))
+    return run_recipe(recipe, raw, run_dir=run_dir, quiet=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="override applied to every recipe, repeatable")
+    ap.add_argument("--shared-sft", action="store_true",
+                    help="train the SFT warm start once (first seed) and start every seed's methods from it (saves CPU)")
+    ap.add_argument("--out", default=str(ROOT / "runs" / f"bench-score-{time.strftime('%m%d-%H%M%S')}"))
+    args = ap.parse_args()
+    cmd = "OMP_NUM_THREADS=1 python benchmarks/score_selfcorrect.py " + " ".join(sys.argv[1:])
+
+    from warmstart.engine.config import load_recipe
+
+    out = Path(args.out)
+    rows: dict[str, list[dict]] = {}
+    times: dict[str, list[float]] = {}
+    t_all = time.time()
+    for seed in args.seeds:
+        # 1. the SFT warm start (one per seed, or the first seed's for all with --shared-sft)
+        if args.shared_sft and seed != args.seeds[0]:
+            rows["SFT base"].append(rows["SFT base"][0])
+            times["SFT base"].append(times["SFT base"][0])
+            base = str(out / f"seed{args.seeds[0]}" / "sft" / "final")
+        else:
+            base = None
+        _, raw = load_recipe(ROOT / "recipes" / "score.yaml", [f"seed={seed}", *args.sets])
+        raw["phases"] = [p for p in raw["phases"] if p["kind"] == "sft"]
+        if base is None:
+            t0 = time.time()
+            s = _run(raw, out / f"seed{seed}" / "sft")
+            rows.setdefault("SFT base", []).append(s["final"])
+            times.setdefault("SFT base", []).append(time.time() - t0)
+            print(json.dumps({"seed": seed, "method": "SFT base", **{k: s["final"][k] for k in KEYS}}), flush=True)
+            base = str(out / f"seed{seed}" / "sft" / "final")
+        # 2. each method's learning phases from it
+        for label, recipe in METHODS:
+            _, raw = load_recipe(ROOT / "recipes" / recipe, [f"seed={seed}", *args.sets])
+            raw = copy.deepcopy(raw)
+            raw["policy"] = {"kind": "lm", "path": base, "threads": raw["policy"].get("threads")}
+            raw["phases"] = [p for p in raw["phases"] if p["kind"] != "sft"]
+            t0 = time.time()
+            s = _run(raw, out / f"seed{seed}" / Path(recipe).stem)
+            rows.setdefault(label, []).append(s["final"])
+            times.setdefault(label, []).append(time.time() - t0)
+            print(json.dumps({"seed": seed, "method": label, **{k: s["final"][k] for k in KEYS}}), flush=True)
+
+    n = rows["SFT base"][0]["n"]
+    print(f"\n# {cmd}")
+    print(f"seeds {args.seeds}; {n} held-out problems, greedy, 2 attempts; points (mean ± sd over seeds); "
+          f"total wall {time.time() - t_all:.0f} s")
+    hdr = ["method", "Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δ^{i→c}", "Δ^{c→i}", "changed", "worked@t1", "worked@t2", "wall s"]
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for label in ["SFT base"] + [m for m, _ in METHODS]:
+        cells = [label]
+        for k in KEYS:
+            v = [100 * r[k] for r in rows[label]]
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            sign = "+" if k in ("delta",) else ""
+            cells.append(f"{statistics.mean(v):{sign}.1f} ± {sd:.1f}")
+        cells.append(f"{statistics.mean(times[label]):.0f}")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Self-correction on chain arithmetic: two attempts, the second after an instruction to fix errors.
+
+One episode (``|`` separates what the policy writes from what the task appends)::
+
+    prompt   4*7+6*3+9=
+    turn 1   #3</s>                      <- attempt 1 (policy)
+    env      \\nfix any error:             <- the task's fixed instruction (no loss, no gradient)
+    turn 2   4*7=8;8+6=4;4*3=2;2+9=1;#1</s>  <- attempt 2 (policy)
+
+Each attempt is rewarded 1 when its answer is right (``turn_rewards[k]["correct"]``).
+
+Why this setting makes self-correction learnable for a ~1M-parameter model: answering at once is
+hard (the answer-only first attempts of the SFT model are mostly wrong) while working the chain out
+step by step is easy (worked answers are mostly right). The SFT warm start sees two-turn demos
+whose first attempt answers at once (``1 - worked_fraction`` of them), and whose second attempt
+copies the first (most of them) or, in a ``revision_fraction`` share, works the problem out: a
+"revision" the model has seen but rarely uses. Self-correction then means: keep the quick first
+attempt, and in the second attempt switch to the reliable worked strategy. The metrics say whether
+a method learned that (Δ > 0, Δ^{i→c} up), learned nothing (Δ ≈ 0), or collapsed to answering the
+same twice (``changed`` ≈ 0).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import torch
+from pydantic import Field
+
+from warmstart.episode import Episode
+from warmstart.registry import TASKS
+from warmstart.rollout.multi_turn import TurnResult, multi_turn_rollout, self_correction_metrics
+from warmstart.tasks.arithmetic import ChainArithmetic, ChainArithmeticConfig, evaluate_chain
+from warmstart.tasks.base import Problem, extract_answer, normalize_answer
+
+_TOKEN = re.compile(r"\d|[+\-*]")
+
+
+class SelfCorrectConfig(ChainArithmeticConfig):
+    kind: str = "self_correct_arithmetic"
+    max_turns: int = Field(2, ge=1, le=8, description="attempts per episode (2 in SCoRe)")
+    instruction: str = Field("\nfix any error:", min_length=1,
+                             description="environment message before every later attempt (kept short for char-level models)")
+    revision_fraction: float = Field(0.15, ge=0.0, le=1.0,
+                                     description="share of SFT demos whose second attempt works the problem out (else it copies the first)")
+    worked_fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of SFT demos whose first attempt is worked step by step")
+
+
+def worked_solution(prompt: str, modulus: int = 10) -> str:
+    """The step-by-step solution of a chain prompt such as ``4*7+6*3+9=``."""
+    toks = _TOKEN.findall(prompt)
+    digits, ops = [int(t) for t in toks[0::2]], toks[1::2]
+    ans, steps = evaluate_chain(digits, ops, modulus)
+    return ";".join(steps) + f";#{ans}"
+
+
+class SelfCorrectArithmetic(ChainArithmetic):
+    """Chain arithmetic with ``max_turns`` attempts (a :class:`~warmstart.rollout.multi_turn.MultiTurnTask`)."""
+
+    def __init__(self, cfg: SelfCorrectConfig, split: str = "train", seed: int = 0):
+        super().__init__(cfg, split, seed)
+        self.max_turns = cfg.max_turns
+        self.instruction = cfg.instruction
+
+    # -- the multi-turn contract
+    def respond(self, episode: Episode, turn: int) -> TurnResult:
+        ok = self.is_correct(episode.turn_texts[turn], episode.info["answer"])
+        last = turn + 1 >= self.max_turns
+        return TurnResult(rewards={"correct": float(ok)}, message=None if last else self.instruction, done=last)
+
+    # -- warm start: two-turn demonstrations
+    def demo_episodes(self, policy) -> list[Episode]:
+        """Demos as multi-turn episodes: attempt 1 (answer-only or worked, always right), the
+        instruction (environment tokens), attempt 2 (a copy of attempt 1, or, in a
+        ``revision_fraction`` share, the worked solution). Loss on both attempts."""
+        rng = random.Random(self.cfg.data_seed + 2)
+        eos = [policy.eos_id] if policy.eos_id is not None else []
+        out = []
+        for p in self.problems:
+            first = p.solution
+            worked = worked_solution(p.prompt, self.cfg.modulus)
+            attempts = [first]
+            for _ in range(self.max_turns - 1):
+                attempts.append(worked if rng.random() < self.cfg.revision_fraction else attempts[-1])
+            e = Episode(prompt=p.prompt, prompt_ids=policy.encode_prompt(p.prompt), info={"answer": p.answer})
+            for k, a in enumerate(attempts):
+                if k:
+                    e.add_env(policy.encode(self.instruction))
+                ids = policy.encode(a) + eos
+                e.add_turn(ids, [0.0] * len(ids), a)
+            out.append(e)
+        return out
+
+    # -- evaluation: greedy attempts, Acc@t1, Acc@t2, Δ, Δ^{i→c}, Δ^{c→i}
+    def evaluate(self, policy, eval_cfg, ctx=None) -> dict:
+        problems = self.eval_problems(eval_cfg.n)
+        eps, _ = multi_turn_rollout(policy, self, problems, 1, temperature=0.0,
+                                    max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size)
+        return self.turn_metrics(eps)
+
+    def turn_metrics(self, episodes: list[Episode]) -> dict:
+        """Self-correction metrics of finished episodes (``accuracy`` is the last attempt's)."""
+        correct, changed = [], []
+        K = self.max_turns
+        for e in episodes:
+            texts = e.turn_texts + [""] * (K - len(e.turn_texts))
+            correct.append([self.is_correct(t, e.info["answer"]) for t in texts])
+            a1, a2 = (normalize_answer(extract_answer(t, self.answer_marker)) for t in (texts[0], texts[-1]))
+            changed.append(a1 != a2)
+        out = {"n": len(episodes)}
+        out.update(self_correction_metrics(correct, changed if K >= 2 else None))
+        out["accuracy"] = out[f"acc@t{K}"]
+        for k in range(K):
+            out[f"worked@t{k + 1}"] = sum(self.step_separator in (e.turn_texts[k] if k < len(e.turn_texts) else "")
+                                          for e in episodes) / max(len(episodes), 1)
+        out["mean_tokens"] = sum(len(e.ids) for e in episodes) / max(len(episodes), 1)
+        return out
+
+
+@TASKS.register("self_correct_arithmetic", SelfCorrectConfig)
+def make_self_correct(cfg: SelfCorrectConfig, split: str = "train", seed: int = 0) -> SelfCorrectArithmetic:
+    """Chain arithmetic in two attempts: the second after an instruction to find and fix any mistake."""
+    return SelfCorrectArithmetic(cfg, split, seed)
