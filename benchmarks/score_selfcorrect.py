@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override applied to every recipe, repeatable")
     ap.add_argument("--shared-sft", action="store_true",
                     help="train the SFT warm start once (first seed) and start every seed's methods from it (saves CPU)")
+    ap.add_argument("--base", default=None,
+                    help="an existing SFT warm start (a run's final/ of recipes/score.yaml's sft phase) to start every method from")
     ap.add_argument("--out", default=str(ROOT / "runs" / f"bench-score-{time.strftime('%m%d-%H%M%S')}"))
     args = ap.parse_args()
     cmd = "OMP_NUM_THREADS=1 python benchmarks/score_selfcorrect.py " + " ".join(sys.argv[1:])
@@ -58,7 +60,23 @@ def main() -> None:
     t_all = time.time()
     for seed in args.seeds:
         # 1. the SFT warm start (one per seed, or the first seed's for all with --shared-sft)
-        if args.shared_sft and seed != args.seeds[0]:
+        if args.base:
+            rows.setdefault("SFT base", [])
+            times.setdefault("SFT base", [])
+            base = args.base
+            if not rows["SFT base"]:
+                from warmstart.engine.eval import evaluate_checkpoint
+                from warmstart.engine.config import EvalConfig
+                rec, _ = load_recipe(ROOT / "recipes" / "score.yaml", args.sets)
+                t0 = time.time()
+                ev, _ = evaluate_checkpoint(Path(base), str(ROOT / "recipes" / "score.yaml"), rec.eval, [])
+                rows["SFT base"].append(ev)
+                times["SFT base"].append(time.time() - t0)
+                print(json.dumps({"seed": seed, "method": "SFT base", **{k: ev[k] for k in KEYS}}), flush=True)
+            else:
+                rows["SFT base"].append(rows["SFT base"][0])
+                times["SFT base"].append(times["SFT base"][0])
+        elif args.shared_sft and seed != args.seeds[0]:
             rows["SFT base"].append(rows["SFT base"][0])
             times["SFT base"].append(times["SFT base"][0])
             base = str(out / f"seed{args.seeds[0]}" / "sft" / "final")
