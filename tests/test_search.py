@@ -177,26 +177,43 @@ def test_reward_model_save_load_hf(tiny, tmp_path):
 
 # -------------------------------------------------------------------------------- learning from search
 
-EI_RECIPE = {
-    "name": "ei-test", "seed": 0,
-    "task": {"kind": "chain_arithmetic", "n_terms": 3, "ops": "+", "n_demos": 48, "worked_fraction": 1.0, "n_test": 64},
-    "policy": {"kind": "lm", "hidden_size": 32, "num_layers": 2, "num_heads": 4, "max_position": 48},
-    "rewards": [{"kind": "exact_answer"}],
-    "phases": [
-        {"kind": "sft", "role": "init", "steps": 40, "batch_size": 32, "lr": 3e-3, "warmup": 5},
-        {"kind": "expert_iteration", "steps": 3, "problems_per_iter": 64, "sft_steps": 15, "batch_size": 32, "lr": 2e-3,
-         "search": {"strategy": "best_of_n", "scorer": "verifier", "n": 6}},
-    ],
-    "eval": {"n": 64, "samples": 1, "temperature": 0.0},
-    "checkpoint": {"every": 0},
-}
+def ei_recipe(path):
+    """Answer-only sums of two digits (``3+4=`` -> ``#7``), 60 problems; only 8 carry a demo. SFT
+    teaches the format, not the table (near chance); expert iteration (best-of-8, verifier-filtered)
+    finds right answers and learns them. Accuracy is measured on the problems it iterates over (a
+    self-improvement test, as in STaR: a 32-wide model cannot generalise a sum table from 60 facts)."""
+    import json as _json
+
+    rows = []
+    rng = random.Random(0)
+    for i in range(60):
+        a, b = rng.randrange(10), rng.randrange(10)
+        row = {"prompt": f"{a}+{b}=", "answer": str((a + b) % 10)}
+        if i < 8:
+            row["solution"] = f"#{(a + b) % 10}"
+        rows.append(row)
+    path.write_text("\n".join(_json.dumps(r) for r in rows))
+    task = {"kind": "jsonl", "path": str(path), "test_path": str(path), "max_new_tokens": 4}
+    return {
+        "name": "ei-test", "seed": 0, "task": task,
+        "policy": {"kind": "lm", "hidden_size": 32, "num_layers": 2, "num_heads": 4, "max_position": 16},
+        "rewards": [{"kind": "exact_answer"}],
+        "phases": [
+            {"kind": "sft", "role": "init", "steps": 40, "batch_size": 16, "lr": 5e-3, "warmup": 2},
+            {"kind": "expert_iteration", "steps": 4, "problems_per_iter": 60, "sft_steps": 15, "batch_size": 32,
+             "lr": 3e-3, "search": {"strategy": "best_of_n", "scorer": "verifier", "n": 8}},
+        ],
+        "eval": {"n": 60, "samples": 1, "temperature": 0.0},
+        "checkpoint": {"every": 0},
+    }
 
 
 def test_expert_iteration_raises_accuracy(tmp_path):
     from warmstart.engine.config import validate_recipe
     from warmstart.engine.run import run_recipe
 
-    s = run_recipe(validate_recipe(EI_RECIPE), EI_RECIPE, run_dir=tmp_path / "ei", quiet=True)
+    raw = ei_recipe(tmp_path / "sums.jsonl")
+    s = run_recipe(validate_recipe(raw), raw, run_dir=tmp_path / "ei", quiet=True)
     assert s["final"]["accuracy"] >= s["init"]["accuracy"] + 0.1, (s["init"]["accuracy"], s["final"]["accuracy"])
 
 

@@ -46,6 +46,7 @@ class ExpertIterationConfig(PhaseConfig):
     search: SearchConfig = Field(default_factory=SearchConfig, description="strategy and knobs of the search")
     keep_per_problem: int = Field(2, ge=1, description="distinct verified solutions kept per problem (the chosen one first)")
     accumulate: bool = Field(True, description="train on all solutions kept so far (False: this iteration's only)")
+    include_demos: bool = Field(True, description="keep the task's demonstrations in the pool (no forgetting, no overfitting a small pool)")
     sft_steps: int = Field(40, ge=1, description="supervised updates per iteration")
     batch_size: int = Field(64, ge=1, description="solutions per update")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
@@ -61,6 +62,11 @@ class ExpertIterationPhase:
         self.policy = ctx.policy
         self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay, betas=(0.9, 0.98))
         self.pool: list[Episode] = []
+        self.demos: list[Episode] = []
+        if cfg.include_demos and hasattr(ctx.task, "demos"):
+            from warmstart.init.sft import demo_episodes
+
+            self.demos = demo_episodes(ctx.policy, ctx.task.demos())
         self.scorer = None
         self._k = 0
 
@@ -86,15 +92,16 @@ class ExpertIterationPhase:
         metrics = {"search_accuracy": res.accuracy(ctx.task), "search_tokens": res.mean_tokens,
                    "search_time_s": t_search, "search_tokens_per_s": res.stats["tokens_per_s"],
                    "kept": len(kept), "pool": len(self.pool)}
-        if not self.pool:
+        data = self.demos + self.pool
+        if not data:
             return metrics
         self.policy.model.train()
         t1, ntok, losses = time.time(), 0, []
         total = cfg.steps * cfg.sft_steps
         for j in range(cfg.sft_steps):
             set_lr(self.opt, lr_at(self._k * cfg.sft_steps + j, total, cfg.lr, cfg.schedule, cfg.warmup))
-            idx = torch.randint(len(self.pool), (cfg.batch_size,), generator=gen).tolist()
-            batch = collate([self.pool[i] for i in idx], self.policy.pad_id)
+            idx = torch.randint(len(data), (cfg.batch_size,), generator=gen).tolist()
+            batch = collate([data[i] for i in idx], self.policy.pad_id)
             lp = self.policy.forward_logprobs(batch.input_ids, batch.attention_mask)  # (B, T-1)
             loss = -masked_mean(lp, batch.action_mask)
             self.opt.zero_grad(set_to_none=True)

@@ -1,0 +1,127 @@
+"""Search (issue 4): accuracy vs generated tokens, PRM search vs best-of-N + ORM, expert iteration,
+and search throughput -- all on held-out arithmetic from an SFT checkpoint.
+
+Uses a run of ``recipes/search-expert-iteration.yaml`` (SFT -> ORM -> PRM -> expert iteration on
+PRM-guided MCTS); runs it first unless ``--run-dir`` already holds one. Then:
+
+1. scaling: every strategy (best_of_n+ORM, vote, weighted_vote+ORM, beam+PRM, mcts+PRM, revise+PRM)
+   at ``--multiples`` x (one greedy solution's tokens) on ``--n`` held-out problems, from the SFT
+   checkpoint (the policy before expert iteration; the RM phases do not change it);
+2. expert iteration: greedy held-out accuracy of the SFT init vs after expert iteration;
+3. throughput: MCTS expansions/s, best-of-N sampled tokens/s vs plain sampling of as many sequences.
+
+    OMP_NUM_THREADS=1 python benchmarks/search_scaling.py [--run-dir runs/bench-search] [--n 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def sft_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint at the end of the train_prm phase holds the SFT policy (RM phases leave it)."""
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    step = 0
+    for p in cfg["phases"]:
+        step += p.get("steps", 0)
+        if p["kind"] == "train_prm":
+            break
+    d = run_dir / "checkpoints" / f"step-{step}"
+    if not d.is_dir():
+        raise SystemExit(f"{d} is missing: the run must keep its checkpoint at the end of train_prm")
+    return d
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-search"))
+    ap.add_argument("--recipe", default=str(ROOT / "recipes" / "search-expert-iteration.yaml"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe override, repeatable")
+    ap.add_argument("--init", default=None, help="reuse a finished SFT phase: its checkpoint (same task/policy/sft config) "
+                    "becomes policy.path and the recipe's SFT phase runs 0 steps")
+    ap.add_argument("--n", type=int, default=200, help="held-out problems for the scaling sweep")
+    ap.add_argument("--multiples", default="1,2,4,8", help="budgets as multiples of one greedy solution's tokens")
+    ap.add_argument("--strategies", default="best_of_n,vote,weighted_vote,beam,mcts,revise")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "search_scaling.json"))
+    args = ap.parse_args()
+    cmd = "OMP_NUM_THREADS=1 python benchmarks/search_scaling.py " + " ".join(sys.argv[1:])
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from warmstart.engine.config import load_recipe
+    from warmstart.engine.run import run_recipe
+
+    run_dir = Path(args.run_dir)
+    t0 = time.time()
+    if not (run_dir / "summary.json").exists():
+        extra = [f"policy.path={args.init}", "phases.sft.steps=0"] if args.init else []
+        recipe, raw = load_recipe(args.recipe, args.sets + extra + ["checkpoint.keep=4"])
+        run_recipe(recipe, raw, run_dir=run_dir, quiet=True)
+    t_recipe = time.time() - t0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ckpt = sft_checkpoint(run_dir)
+
+    from warmstart.search.cli import SearchSession, plot_scaling
+
+    s = SearchSession(ckpt, args.recipe, n=args.n, temperature=args.temperature)
+    g = s.greedy()
+    L = g["tokens"]
+    budgets = [int(round(float(m) * L)) for m in args.multiples.split(",")]
+    rows = [{"strategy": "greedy", "scorer": "none", "budget_tokens": int(round(L)), "accuracy": g["accuracy"],
+             "generated_tokens": L, "time_s": g["time_s"], "tokens_per_s": g["tokens_per_s"]}]
+    t1 = time.time()
+    for strat in args.strategies.split(","):
+        for b in budgets:
+            rows.append(s.run(strat, b))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "knobs"}), flush=True)
+    t_scaling = time.time() - t1
+
+    # throughput: best-of-N vs plain sampling of the same number of sequences, MCTS expansions/s
+    from warmstart.rollout.single_turn import rollout
+
+    nb = max(budgets) // max(int(round(L)), 1)
+    gen = torch.Generator().manual_seed(0)
+    _, plain = rollout(s.policy, s.problems, nb, s.task.max_new_tokens, args.temperature, generator=gen)
+    bon = next(r for r in rows if r["strategy"] == "best_of_n" and r["budget_tokens"] == max(budgets))
+    mcts = next((r for r in rows if r["strategy"] == "mcts" and r["budget_tokens"] == max(budgets)), None)
+
+    out = Path(args.out)
+    out.write_text(json.dumps({"rows": rows, "summary": {"init": summary["init"], "final": summary["final"]},
+                               "plain_tokens_per_s": plain["sample_tokens_per_s"], "command": cmd}, indent=2, default=float))
+    plot_scaling(rows, out.with_suffix(".png"), f"chain_arithmetic n_terms=8, SFT checkpoint, n={args.n}")
+
+    print(f"\n# {cmd}")
+    print(f"SFT checkpoint {ckpt}; held-out n={args.n}; one greedy solution = {L:.1f} tokens; T={args.temperature}")
+    print(f"{'strategy':<14} {'scorer':<8} " + " ".join(f"{b:>11}" for b in budgets) + "   (accuracy @ budget tokens; measured tokens)")
+    for strat in args.strategies.split(","):
+        rs = [r for r in rows if r["strategy"] == strat]
+        cells = " ".join(f"{r['accuracy']:.3f}/{r['generated_tokens']:>4.0f}" for r in rs)
+        mono = all(b["accuracy"] >= a["accuracy"] for a, b in zip(rs, rs[1:]))
+        print(f"{strat:<14} {rs[0]['scorer']:<8} {cells}   non-decreasing={mono}")
+    print(f"greedy: {g['accuracy']:.3f} at {L:.0f} tokens")
+    big = {r["strategy"]: r for r in rows if r.get("budget_tokens") == max(budgets)}
+    print(f"\nlargest budget {max(budgets)} tokens: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in big.items()))
+    print(f"expert iteration (MCTS+PRM, verified): greedy {summary['init']['accuracy']:.3f} -> {summary['final']['accuracy']:.3f} "
+          f"({100 * (summary['final']['accuracy'] - summary['init']['accuracy']):+.1f} points, n={summary['final']['n']})")
+    print(f"throughput: plain sampling {plain['sample_tokens_per_s']:.0f} tok/s ({nb} x {len(s.problems)} sequences); "
+          f"best-of-{nb} {bon['tokens_per_s']:.0f} tok/s (sampling), {bon['generated_tokens'] * len(s.problems) / bon['time_s']:.0f} tok/s incl. ORM")
+    if mcts:
+        print(f"MCTS: {mcts['expansions']} expansions in {mcts['time_s']:.1f} s = {mcts['expansions'] / mcts['time_s']:.1f} expansions/s "
+              f"({mcts['waves']} batched waves), sampling {mcts['tokens_per_s']:.0f} tok/s")
+    print(f"wall: recipe {t_recipe:.0f} s, scaling sweep {t_scaling:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
