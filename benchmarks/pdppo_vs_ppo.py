@@ -9,7 +9,7 @@ eval cost (lower is better), the PDPPO - PPO difference with a Welch t statistic
 policies: uniform random actions and a greedy heuristic (each machine makes the item with the least
 stock below a target that no other machine has taken, else idles; target tuned).
 
-    python benchmarks/pdppo_vs_ppo.py [--seeds 1 2 3 4 5] [--iters 50]   # iters x 2000 env steps per run
+    python benchmarks/pdppo_vs_ppo.py [--seeds 1 2 3 4 5] [--iters 30]   # iters x 2000 env steps per run
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def welch_t(a: list[float], b: list[float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    ap.add_argument("--iters", type=int, default=50, help="PPO iterations per run (x 2000 env steps)")
+    ap.add_argument("--iters", type=int, default=30, help="PPO iterations per run (x 2000 env steps)")
     ap.add_argument("--episodes", type=int, default=50, help="eval episodes per run")
     ap.add_argument("--settings", nargs="+", default=SETTINGS)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-pdppo-vs-ppo"))

@@ -226,7 +226,7 @@ def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.T
             if dual:
                 vp_loss = value_loss(policy.post_value(b_post[mb]), b_ret[mb], b_pval[mb], clip).mean()
                 loss = loss + cfg.vf_coef * vp_loss
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=False)  # in place: the flat gradient buffers stay linked
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
@@ -255,6 +255,30 @@ def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.T
 # ------------------------------------------------------------------------------------------ phase
 
 
+def flat_parameter(params: list[torch.nn.Parameter]) -> torch.nn.Parameter:
+    """One contiguous parameter holding ``params``; each of them (and its gradient) becomes a view
+    into it. Adam and the global grad-norm clip then cost one kernel for a whole network instead of
+    a Python loop over a dozen small tensors -- on CPU with small MLPs that loop costs more than the
+    math. Values, gradients and ``state_dict`` of the network are unchanged."""
+    flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    link_flat(params, flat)
+    return flat
+
+
+def link_flat(params: list[torch.nn.Parameter], flat: torch.nn.Parameter) -> None:
+    """(Re)make ``params`` and their ``.grad`` views of ``flat`` and its gradient buffer."""
+    off = 0
+    for p in params:
+        n = p.numel()
+        if p.data.data_ptr() != flat.data[off:].data_ptr():
+            flat.data[off : off + n].copy_(p.data.reshape(-1))
+            p.data = flat.data[off : off + n].view_as(p)
+        if p.grad is None or p.grad.data_ptr() != flat.grad[off:].data_ptr():
+            p.grad = flat.grad[off : off + n].view_as(p)
+        off += n
+
+
 class PPOPhase:
     """The engine-facing learner: owns the envs, the optimizer and the reward scaler; its
     ``state_dict`` pickles the envs (their RNGs and episode progress) so a resume is exact."""
@@ -275,11 +299,13 @@ class PPOPhase:
         critics = [p for n, p in self.policy.named_parameters() if n.startswith(("critic.", "post_critic."))]
         if cfg.critic == "single" and self.policy.post_critic is not None:
             critics = [p for n, p in self.policy.named_parameters() if n.startswith("critic.")]
+        self._groups = [actor, critics]
+        self._flat = [flat_parameter(actor), flat_parameter(critics)]
         self.optimizer = torch.optim.Adam(
-            [{"params": actor, "lr": cfg.lr, "base_lr": cfg.lr},
-             {"params": critics, "lr": cfg.critic_lr or cfg.lr, "base_lr": cfg.critic_lr or cfg.lr}],
+            [{"params": [self._flat[0]], "lr": cfg.lr, "base_lr": cfg.lr},
+             {"params": [self._flat[1]], "lr": cfg.critic_lr or cfg.lr, "base_lr": cfg.critic_lr or cfg.lr}],
             eps=cfg.adam_eps,
-            fused=True,  # one kernel for all parameters: on CPU the per-tensor loop costs more than the math
+            fused=True,
         )
         self.scaler = RewardScaler(cfg.num_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
         self.finished: deque = deque(maxlen=cfg.return_window)
@@ -296,6 +322,8 @@ class PPOPhase:
             frac = 1.0 - self.iteration / max(cfg.steps, 1)
             for g in self.optimizer.param_groups:
                 g["lr"] = frac * g["base_lr"]
+        for params, flat in zip(self._groups, self._flat):
+            link_flat(params, flat)  # cheap; repairs the views if anyone replaced a .grad meanwhile
         roll, self.next_obs = collect(self.policy, self.envs, self.next_obs, cfg, self.scaler, self.finished)
         t1 = time.perf_counter()
         adv, ret = advantages(roll, cfg)

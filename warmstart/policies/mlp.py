@@ -233,7 +233,8 @@ class MLPPolicy(nn.Module):
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(d / WEIGHTS_FILE))
+        # clone: a learner may keep the weights as views of one flat buffer (shared storage)
+        save_file({k: v.detach().clone().contiguous() for k, v in self.state_dict().items()}, str(d / WEIGHTS_FILE))
         meta = {"kind": "mlp", "format": "warmstart-mlp-policy", "obs_dim": self.obs_dim, "action": self.spec, "config": self.cfg.model_dump()}
         (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
