@@ -90,24 +90,37 @@ def test_bad_override_paths():
     assert raw["phases"][0]["lr"] == 1.0
 
 
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "warmstart.engine.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+def _cli(*args):
+    """The CLI in-process (a new interpreter per call would cost seconds of imports)."""
+    from typer.testing import CliRunner
+
+    from warmstart.engine.cli import app
+
+    return CliRunner().invoke(app, list(args))
 
 
-def test_cli_errors_are_one_paragraph_without_traceback_and_write_nothing(tmp_path, root):
-    p = write(tmp_path, GOOD.replace("lr", "lr").replace("    steps: 2", "    stepz: 2"))
+def test_cli_errors_are_one_paragraph_without_traceback_and_write_nothing(tmp_path):
+    p = write(tmp_path, GOOD.replace("    steps: 2", "    stepz: 2"))
     run_dir = tmp_path / "run"
-    res = _cli("run", str(p), "--run-dir", str(run_dir), cwd=root)
-    assert res.returncode == 2
-    out = res.stdout + res.stderr
-    assert "Traceback" not in out and "stepz" in out and "Did you mean 'steps'" in out
+    res = _cli("run", str(p), "--run-dir", str(run_dir))
+    assert res.exit_code == 2 and res.exception is None or isinstance(res.exception, SystemExit)
+    assert "Traceback" not in res.output and "stepz" in res.output and "Did you mean 'steps'" in res.output
     assert not run_dir.exists()
-    res = _cli("run", str(tmp_path / "missing.yaml"), "--run-dir", str(run_dir), cwd=root)
-    assert res.returncode == 2 and "does not exist" in res.stdout + res.stderr and "Traceback" not in res.stdout + res.stderr
+    res = _cli("run", str(tmp_path / "missing.yaml"), "--run-dir", str(run_dir))
+    assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output
     # a missing data file is reported before anything is written
     bad = write(tmp_path, GOOD.replace("kind: chain_arithmetic\n  n_terms: 3\n  n_demos: 50\n  n_test: 20", f"kind: jsonl\n  path: {tmp_path}/none.jsonl"), "b.yaml")
-    res = _cli("run", str(bad), "--run-dir", str(run_dir), cwd=root)
-    assert res.returncode == 2 and "none.jsonl" in res.stdout + res.stderr and not run_dir.exists()
+    res = _cli("run", str(bad), "--run-dir", str(run_dir))
+    assert res.exit_code == 2 and "none.jsonl" in res.output and not run_dir.exists()
+    res = _cli("run", str(p), "--resume")
+    assert res.exit_code == 2 and "--resume needs --run-dir" in res.output
+
+
+def test_a_real_subprocess_prints_no_traceback(tmp_path, root):
+    p = write(tmp_path, GOOD.replace("seed: 0", "seed: zero"))
+    res = subprocess.run([sys.executable, "-m", "warmstart.engine.cli", "run", str(p)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "seed (line 2)" in res.stderr and "Traceback" not in res.stdout + res.stderr
 
 
 def test_every_shipped_recipe_validates(root):

@@ -67,12 +67,23 @@ def recipe_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def full_run(recipe_file, root, tmp_path_factory):
+def full_run(recipe_file, tmp_path_factory):
+    """The uninterrupted reference run, in-process."""
+    from warmstart.engine.config import load_recipe
+    from warmstart.engine.run import run_recipe
+
     run_dir = tmp_path_factory.mktemp("runs") / "full"
-    p = _cli(["run", str(recipe_file), "--run-dir", str(run_dir), "--quiet"], root)
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, out
+    r, raw = load_recipe(recipe_file)
+    run_recipe(r, raw, run_dir=run_dir, quiet=True)
     return run_dir
+
+
+def _invoke(*args):
+    from typer.testing import CliRunner
+
+    from warmstart.engine.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_run_directory_layout(full_run):
@@ -119,17 +130,20 @@ def test_resume_after_kill_9_gives_identical_metrics(full_run, recipe_file, root
     assert a["final"]["accuracy"] == b["final"]["accuracy"] and a["final"]["pass@k"] == b["final"]["pass@k"]
 
 
-def test_existing_run_dir_is_never_overwritten(full_run, recipe_file, root):
+def test_existing_run_dir_is_never_overwritten(full_run, recipe_file):
     before = (full_run / "metrics.jsonl").read_bytes()
-    p = _cli(["run", str(recipe_file), "--run-dir", str(full_run), "--quiet"], root)
-    out, _ = p.communicate(timeout=120)
-    assert p.returncode == 2 and "already holds a run" in out and "Traceback" not in out
+    res = _invoke("run", recipe_file, "--run-dir", full_run, "--quiet")
+    assert res.exit_code == 2 and "already holds a run" in res.output and "Traceback" not in res.output
     assert (full_run / "metrics.jsonl").read_bytes() == before
 
 
-def test_eval_command(full_run, root):
-    p = _cli(["eval", str(full_run / "final"), "--task", "chain_arithmetic", "--set", "n_terms=3", "--n", "8", "--samples", "2"], root)
-    out, _ = p.communicate(timeout=120)
-    assert p.returncode == 0, out
+def test_resume_with_a_different_recipe_is_refused(full_run, recipe_file):
+    res = _invoke("run", recipe_file, "--run-dir", full_run, "--resume", "--set", "seed=4", "--quiet")
+    assert res.exit_code == 2 and "recipe differs" in res.output
+
+
+def test_eval_command(full_run):
+    res = _invoke("eval", full_run / "final", "--task", "chain_arithmetic", "--set", "n_terms=3", "--n", "8", "--samples", "2")
+    assert res.exit_code == 0, res.output
     m = json.loads((full_run / "final" / "eval-chain_arithmetic.json").read_text())
     assert m["n"] == 8 and "accuracy" in m and "pass@k" in m
