@@ -53,7 +53,11 @@ def main() -> None:
     ap.add_argument("--multiples", default="1,2,4,8", help="budgets as multiples of one greedy solution's tokens")
     ap.add_argument("--strategies", default="best_of_n,vote,weighted_vote,beam,mcts,revise")
     ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--mcts-final", default="value", help="how MCTS picks its answer: value, vote or visits")
+    ap.add_argument("--keep-rows", action="store_true", help="keep --out's rows of strategies not re-run here")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "search_scaling.json"))
+    ap.add_argument("--ei-only", action="store_true", help="only re-run expert iteration (with --set overrides of the "
+                    "expert_iteration phase) from the SFT checkpoint and reward models of an existing --run-dir")
     args = ap.parse_args()
     cmd = "OMP_NUM_THREADS=1 python benchmarks/search_scaling.py " + " ".join(sys.argv[1:])
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -64,6 +68,8 @@ def main() -> None:
     from warmstart.engine.run import run_recipe
 
     run_dir = Path(args.run_dir)
+    if args.ei_only:
+        return expert_iteration_only(args, run_dir, cmd)
     t0 = time.time()
     if not (run_dir / "summary.json").exists():
         extra = [f"policy.path={args.init}", "phases.sft.steps=0"] if args.init else []
@@ -84,7 +90,7 @@ def main() -> None:
     t1 = time.time()
     for strat in args.strategies.split(","):
         for b in budgets:
-            rows.append(s.run(strat, b))
+            rows.append(s.run(strat, b, **({"final": args.mcts_final} if strat == "mcts" else {})))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "knobs"}), flush=True)
     t_scaling = time.time() - t1
 
@@ -94,10 +100,14 @@ def main() -> None:
     nb = max(budgets) // max(int(round(L)), 1)
     gen = torch.Generator().manual_seed(0)
     _, plain = rollout(s.policy, s.problems, nb, s.task.max_new_tokens, args.temperature, generator=gen)
-    bon = next(r for r in rows if r["strategy"] == "best_of_n" and r["budget_tokens"] == max(budgets))
+    bon = next((r for r in rows if r["strategy"] == "best_of_n" and r["budget_tokens"] == max(budgets)), None)
     mcts = next((r for r in rows if r["strategy"] == "mcts" and r["budget_tokens"] == max(budgets)), None)
 
     out = Path(args.out)
+    if out.exists() and args.keep_rows:  # re-ran a subset: keep the other strategies' rows
+        done = {r["strategy"] for r in rows}
+        rows = [r for r in json.loads(out.read_text())["rows"] if r["strategy"] not in done] + rows
+        args.strategies = ",".join(dict.fromkeys(r["strategy"] for r in rows if r["strategy"] != "greedy"))
     out.write_text(json.dumps({"rows": rows, "summary": {"init": summary["init"], "final": summary["final"]},
                                "plain_tokens_per_s": plain["sample_tokens_per_s"], "command": cmd}, indent=2, default=float))
     plot_scaling(rows, out.with_suffix(".png"), f"chain_arithmetic n_terms=8, SFT checkpoint, n={args.n}")
@@ -115,12 +125,43 @@ def main() -> None:
     print(f"\nlargest budget {max(budgets)} tokens: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in big.items()))
     print(f"expert iteration (MCTS+PRM, verified): greedy {summary['init']['accuracy']:.3f} -> {summary['final']['accuracy']:.3f} "
           f"({100 * (summary['final']['accuracy'] - summary['init']['accuracy']):+.1f} points, n={summary['final']['n']})")
-    print(f"throughput: plain sampling {plain['sample_tokens_per_s']:.0f} tok/s ({nb} x {len(s.problems)} sequences); "
-          f"best-of-{nb} {bon['tokens_per_s']:.0f} tok/s (sampling), {bon['generated_tokens'] * len(s.problems) / bon['time_s']:.0f} tok/s incl. ORM")
+    print(f"throughput: plain sampling {plain['sample_tokens_per_s']:.0f} tok/s ({nb} x {len(s.problems)} sequences)")
+    if bon:
+        print(f"best-of-{nb}: {bon['tokens_per_s']:.0f} tok/s (sampling), {bon['generated_tokens'] * len(s.problems) / bon['time_s']:.0f} tok/s incl. ORM")
     if mcts:
         print(f"MCTS: {mcts['expansions']} expansions in {mcts['time_s']:.1f} s = {mcts['expansions'] / mcts['time_s']:.1f} expansions/s "
               f"({mcts['waves']} batched waves), sampling {mcts['tokens_per_s']:.0f} tok/s")
     print(f"wall: recipe {t_recipe:.0f} s, scaling sweep {t_scaling:.0f} s")
+
+
+def expert_iteration_only(args, run_dir: Path, cmd: str) -> None:
+    """SFT checkpoint of ``run_dir`` -> expert iteration only (its PRM from ``run_dir``), into
+    ``run_dir/ei-<time>``; prints greedy accuracy before/after."""
+    import copy
+
+    import yaml
+
+    from warmstart.engine.config import apply_override, parse_value, validate_recipe
+    from warmstart.engine.run import run_recipe
+
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    raw = copy.deepcopy(raw)
+    ei = next(p for p in raw["phases"] if p["kind"] == "expert_iteration")
+    sft = next(p for p in raw["phases"] if p["kind"] == "sft")
+    raw["policy"]["path"] = str(sft_checkpoint(run_dir).resolve())
+    sft["steps"] = 0
+    raw["phases"] = [sft, ei]
+    ei.setdefault("search", {})["reward_model"] = str((run_dir / "reward_models" / ei["search"].get("scorer", "prm")).resolve())
+    for kv in args.sets:
+        k, v = kv.split("=", 1)
+        apply_override(raw, k, parse_value(v))
+    out = run_dir / f"ei-{time.strftime('%H%M%S')}"
+    t0 = time.time()
+    s = run_recipe(validate_recipe(raw), raw, run_dir=out, quiet=True)
+    print(f"# {cmd}")
+    print(f"expert iteration ({json.dumps(ei)}):")
+    print(f"greedy {s['init']['accuracy']:.3f} -> {s['final']['accuracy']:.3f} "
+          f"({100 * (s['final']['accuracy'] - s['init']['accuracy']):+.1f} points, n={s['final']['n']}), {time.time() - t0:.0f} s, run {out}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ class SearchConfig(Strict):
     leaves_per_tree: int = Field(4, ge=1, description="mcts: leaves expanded per tree per batched wave")
     c_puct: float = Field(1.5, gt=0, description="mcts: exploration constant")
     value: Literal["scorer", "rollout"] = Field("scorer", description="mcts: node value from the scorer, or from a policy rollout scored by it")
-    final: Literal["value", "visits"] = Field("value", description="mcts: answer = best-scored complete node, or the most-visited path")
+    final: Literal["value", "vote", "visits"] = Field("value", description="mcts: answer = best-scored complete node, value-weighted vote over complete nodes, or the most-visited path")
     rounds: int = Field(2, ge=0, description="revise: revision rounds after the first attempt")
     max_depth: int | None = Field(None, ge=1, description="beam/mcts: most steps (default: the task's limit / 4 + 2)")
     max_step_tokens: int = Field(16, ge=1, description="longest step (tokens up to the separator)")
@@ -99,12 +99,15 @@ def vote(policy, task, problems: list[Problem], scorer=None, n: int = 8, weighte
     for i, ks in enumerate(kids):
         cs = list(zip(ks, scores[i * n:(i + 1) * n]))
         tally: dict = defaultdict(float)
+        conf: dict = defaultdict(lambda: -float("inf"))
         for k, s in cs:
             a = _answer(x.text(k), task)
             if a is not None:
                 tally[a] += s if weighted else 1.0
+                conf[a] = max(conf[a], sum(k.logprobs) / max(len(k.logprobs), 1))
         if tally:
-            win = max(tally, key=lambda a: tally[a])
+            # ties (e.g. two samples that disagree) go to the answer the policy is surest of
+            win = max(tally, key=lambda a: (tally[a], conf[a]))
             best = max((c for c in cs if _answer(x.text(c[0]), task) == win), key=lambda c: c[1])
         else:
             win, best = None, max(cs, key=lambda c: c[1])
@@ -177,17 +180,25 @@ def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int 
                 temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
     """MCTS over reasoning steps, all trees searched together (one sampler call and one scorer call
     per wave). Stops a tree after ``simulations`` or once it has sampled ``budget_tokens``. The answer
-    is the best-valued complete node (``final='value'``) or the end of the most-visited path
-    (``'visits'``), completed by sampling when the path stops short. Tree statistics go to ``info``."""
+    is the best-valued complete node (``final='value'``), the value-weighted vote over the complete
+    nodes' answers (``'vote'``) or the end of the most-visited path (``'visits'``), completed by
+    sampling when the path stops short. Tree statistics go to ``info``."""
     from warmstart.search.mcts import MCTS, ReasoningStepEnv, iter_nodes, most_visited_path, tree_stats
 
     t0 = time.time()
     x = Expander(policy, task, problems, temperature, top_p, generator, max_step_tokens)
     max_depth = max_depth or default_depth(task)
     env = ReasoningStepEnv(x, scorer, width, max_depth, value)
-    stop = (lambda t: x.tokens[t] >= budget_tokens) if budget_tokens else None
+    tree: MCTS | None = None
+
+    def stop(t: int) -> bool:
+        # a wave costs about leaves_per_tree expansions: stop when half of one more would cross the
+        # budget, so trees land on it on average instead of always overshooting
+        per_exp = sum(x.tokens) / max(tree.expansions, 1) if tree and tree.expansions else 0.0
+        return x.tokens[t] + 0.5 * leaves_per_tree * per_exp >= budget_tokens
+
     sims = simulations if not budget_tokens else max(simulations, 10_000)
-    tree = MCTS(env, sims, c_puct, leaves_per_tree, max_depth, stop)
+    tree = MCTS(env, sims, c_puct, leaves_per_tree, max_depth, stop if budget_tokens else None)
     roots = tree.search([Partial(i) for i in range(len(problems))])
     chosen: list[Partial | None] = [None] * len(problems)
     chosen_s = [0.0] * len(problems)
@@ -197,6 +208,15 @@ def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int 
         cands.append([(n.state, n.value) for n in sorted(terms, key=lambda n: -n.visits)])
         if final == "value" and terms:
             best = max(terms, key=lambda n: (n.value, n.visits))
+            chosen[i], chosen_s[i] = best.state, best.value
+        elif final == "vote" and terms:
+            # value-weighted vote over the answers of the complete nodes: evidence from several
+            # paths beats the single highest score of an imperfect scorer
+            tally: dict = defaultdict(float)
+            for n in terms:
+                tally[_answer(x.text(n.state), task)] += n.value
+            win = max(tally, key=lambda a: tally[a])
+            best = max((n for n in terms if _answer(x.text(n.state), task) == win), key=lambda n: n.value)
             chosen[i], chosen_s[i] = best.state, best.value
         else:
             end = most_visited_path(root)[-1]
