@@ -61,7 +61,7 @@ def eval_(
     turns: Optional[int] = typer.Option(None, "--turns", help="attempts per problem for a multi-turn task (e.g. 2 with self_correct_arithmetic: Acc@t1, Acc@t2, delta ...)"),
 ):
     """Evaluate a saved policy on a task's held-out split; prints and writes the metrics."""
-    from warmstart.engine.config import EvalConfig, apply_override, load_recipe, parse_value
+    from warmstart.engine.config import EvalConfig
     from warmstart.engine.eval import evaluate_checkpoint
 
     try:

@@ -16,7 +16,6 @@ from pydantic import Field
 from warmstart.engine.config import PhaseConfig
 from warmstart.episode import Episode, collate, length_buckets
 from warmstart.errors import DataError
-from warmstart.learn.core import masked_mean
 from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
 from warmstart.registry import PHASES
 
@@ -45,6 +44,29 @@ def demo_episodes(policy, pairs: list[tuple[str, str]]) -> list[Episode]:
     return eps
 
 
+def sft_update(policy, opt, episodes: list[Episode], max_grad_norm: float = 1.0, max_buckets: int = 4) -> dict:
+    """One optimizer step of next-token cross-entropy on the policy tokens of ``episodes`` (prompt
+    and environment tokens are context only). Used by every learner that imitates episodes: SFT,
+    expert iteration, STaR / Pair-SFT. The batch runs as length-bucketed micro-batches whose losses
+    are normalised by the whole batch's token count, so the gradient equals the unsplit one."""
+    t0 = time.time()
+    policy.model.train()
+    opt.zero_grad(set_to_none=True)
+    n_tok = sum(sum(e.action_mask) for e in episodes)
+    total, ntok = 0.0, 0
+    for bucket in length_buckets([len(e.prompt_ids) + len(e.ids) for e in episodes], max_buckets):
+        batch = collate([episodes[i] for i in bucket], policy.pad_id)
+        lp = policy.forward_logprobs(batch.input_ids, batch.attention_mask)  # (b, T-1)
+        loss = -(lp * batch.action_mask).sum() / max(n_tok, 1)
+        loss.backward()
+        total += loss.item()
+        ntok += int(batch.attention_mask.sum())
+    gnorm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), max_grad_norm)
+    opt.step()
+    dt = time.time() - t0
+    return {"loss": total, "grad_norm": float(gnorm), "tokens": ntok, "tokens_per_s": ntok / max(dt, 1e-9)}
+
+
 class SFTPhase:
     def __init__(self, cfg: SFTConfig, ctx):
         self.cfg, self.ctx = cfg, ctx
@@ -68,27 +90,10 @@ class SFTPhase:
         set_lr(self.opt, lr_at(k, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
         gen = self.ctx.generator(global_step)
         idx = torch.randint(len(self.episodes), (cfg.batch_size,), generator=gen).tolist()
-        eps = [self.episodes[i] for i in idx]
-        t0 = time.time()
-        self.model.train()
-        self.opt.zero_grad(set_to_none=True)
-        # micro-batches of similar length: same gradient as one padded block, far less padding
-        n_tok = sum(sum(e.action_mask) for e in eps)
-        total, ntok = 0.0, 0
-        for bucket in length_buckets([len(e.prompt_ids) + len(e.ids) for e in eps], cfg.max_buckets):
-            batch = collate([eps[i] for i in bucket], self.ctx.policy.pad_id)
-            lp = self.ctx.policy.forward_logprobs(batch.input_ids, batch.attention_mask)
-            loss = -(lp * batch.action_mask).sum() / max(n_tok, 1)
-            loss.backward()
-            total += loss.item()
-            ntok += int(batch.attention_mask.sum())
-        loss = torch.tensor(total)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-        self.opt.step()
-        dt = time.time() - t0
+        out = sft_update(self.ctx.policy, self.opt, [self.episodes[i] for i in idx], cfg.max_grad_norm, cfg.max_buckets)
         self._phase_step += 1
-        return {"loss": loss.item(), "grad_norm": float(gnorm), "lr": self.opt.param_groups[0]["lr"],
-                "tokens": ntok, "tokens_per_s": ntok / max(dt, 1e-9)}
+        out["lr"] = self.opt.param_groups[0]["lr"]
+        return out
 
     _phase_step = 0
 

@@ -18,8 +18,8 @@ import torch
 from pydantic import Field
 
 from warmstart.engine.config import PhaseConfig
-from warmstart.episode import Episode, collate
-from warmstart.learn.core import masked_mean
+from warmstart.episode import Episode
+from warmstart.init.sft import sft_update
 from warmstart.learn.grpo import GRPOConfig, GRPOPhase
 from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
 from warmstart.registry import PHASES
@@ -101,15 +101,9 @@ class ExpertIterationPhase:
         for j in range(cfg.sft_steps):
             set_lr(self.opt, lr_at(self._k * cfg.sft_steps + j, total, cfg.lr, cfg.schedule, cfg.warmup))
             idx = torch.randint(len(data), (cfg.batch_size,), generator=gen).tolist()
-            batch = collate([data[i] for i in idx], self.policy.pad_id)
-            lp = self.policy.forward_logprobs(batch.input_ids, batch.attention_mask)  # (B, T-1)
-            loss = -masked_mean(lp, batch.action_mask)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.policy.model.parameters(), cfg.max_grad_norm)
-            self.opt.step()
-            losses.append(loss.item())
-            ntok += int(batch.attention_mask.sum())
+            out = sft_update(self.policy, self.opt, [data[i] for i in idx], cfg.max_grad_norm)
+            losses.append(out["loss"])
+            ntok += out["tokens"]
         self._k += 1
         metrics.update({"loss": sum(losses) / len(losses), "lr": self.opt.param_groups[0]["lr"],
                         "tokens_per_s": ntok / max(time.time() - t1, 1e-9)})

@@ -27,9 +27,10 @@ import torch
 from pydantic import Field
 
 from warmstart.engine.config import PhaseConfig
-from warmstart.episode import Episode, collate
+from warmstart.episode import Episode
 from warmstart.errors import ConfigError
-from warmstart.learn.core import discounted_returns, group_advantages, masked_mean
+from warmstart.learn.core import discounted_returns, group_advantages
+from warmstart.init.sft import sft_update
 from warmstart.learn.grpo import GRPOConfig, GRPOPhase
 from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
 from warmstart.registry import PHASES
@@ -238,15 +239,8 @@ class RevisionSFTPhase:
         train, stats = (self._star if cfg.source == "star" else self._pair)(problems, gen)
         metrics = {"kept": len(train) / (cfg.prompts_per_step * cfg.group_size)}
         if train:
-            batch = collate(train, self.policy.pad_id)
-            self.model.train()
-            lp = self.policy.forward_logprobs(batch.input_ids, batch.attention_mask)  # (B, T-1)
-            loss = -masked_mean(lp, batch.action_mask)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-            self.opt.step()
-            metrics.update({"loss": float(loss.detach()), "grad_norm": float(gnorm)})
+            out = sft_update(self.policy, self.opt, train, cfg.max_grad_norm)
+            metrics.update({"loss": out["loss"], "grad_norm": out["grad_norm"]})
         self._phase_step += 1
         metrics.update({"lr": self.opt.param_groups[0]["lr"], "sample_tokens_per_s": stats["sample_tokens_per_s"],
                         "tokens_per_s": stats["sampled_tokens"] / max(time.time() - t0, 1e-9)})
