@@ -111,7 +111,7 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLEstimator = 
     if kind == "k2":
         return 0.5 * log_ratio**2
     if kind == "k3":
-        return torch.exp(log_ratio) - log_ratio - 1.0
+        return torch.expm1(log_ratio) - log_ratio  # = exp(l) - l - 1, without cancellation near 0
     raise ValueError(f"unknown KL estimator {kind!r}: expected 'k1', 'k2' or 'k3'")
 
 
