@@ -16,7 +16,7 @@ from pydantic import Field
 from warmstart.engine.config import PhaseConfig
 from warmstart.episode import Episode, collate, length_buckets
 from warmstart.errors import DataError
-from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
+from warmstart.learn.optim import OptimizerPhase, Schedule, lr_at, make_adamw, set_lr
 from warmstart.registry import PHASES
 
 
@@ -67,7 +67,7 @@ def sft_update(policy, opt, episodes: list[Episode], max_grad_norm: float = 1.0,
     return {"loss": total, "grad_norm": float(gnorm), "tokens": ntok, "tokens_per_s": ntok / max(dt, 1e-9)}
 
 
-class SFTPhase:
+class SFTPhase(OptimizerPhase):
     def __init__(self, cfg: SFTConfig, ctx):
         self.cfg, self.ctx = cfg, ctx
         if cfg.data == "task" and hasattr(ctx.task, "demo_episodes"):
@@ -94,17 +94,6 @@ class SFTPhase:
         self._phase_step += 1
         out["lr"] = self.opt.param_groups[0]["lr"]
         return out
-
-    _phase_step = 0
-
-    def on_start(self, first_step: int) -> None:
-        self._phase_step = first_step
-
-    def state_dict(self) -> dict:
-        return {"opt": self.opt.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state["opt"])
 
 
 @PHASES.register("sft", SFTConfig)

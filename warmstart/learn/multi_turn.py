@@ -32,7 +32,7 @@ from warmstart.errors import ConfigError
 from warmstart.learn.core import discounted_returns, group_advantages
 from warmstart.init.sft import sft_update
 from warmstart.learn.grpo import GRPOConfig, GRPOPhase
-from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
+from warmstart.learn.optim import OptimizerPhase, Schedule, lr_at, make_adamw, set_lr
 from warmstart.registry import PHASES
 from warmstart.rollout.multi_turn import multi_turn_rollout, turn_reward_matrix
 
@@ -188,7 +188,7 @@ def revision_episode(policy, prompt: str, prompt_ids: list[int], context_ids: li
     return e
 
 
-class RevisionSFTPhase:
+class RevisionSFTPhase(OptimizerPhase):
     """Online SFT on revisions the policy itself produced: STaR (filter two-turn episodes for
     successful revisions) or Pair-SFT (pair a wrong and a right first attempt of the same problem
     as attempt 1 -> attempt 2). Same sampling budget per step as the RL phases."""
@@ -245,15 +245,6 @@ class RevisionSFTPhase:
         metrics.update({"lr": self.opt.param_groups[0]["lr"], "sample_tokens_per_s": stats["sample_tokens_per_s"],
                         "tokens_per_s": stats["sampled_tokens"] / max(time.time() - t0, 1e-9)})
         return metrics
-
-    def on_start(self, first_step: int) -> None:
-        self._phase_step = first_step
-
-    def state_dict(self) -> dict:
-        return {"opt": self.opt.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state["opt"])
 
 
 @PHASES.register("revision_sft", RevisionSFTConfig)

@@ -38,3 +38,19 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 def make_adamw(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
     # foreach kernels: fewer Python-level ops per step, which matters for tiny models on CPU
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, foreach=True)
+
+
+class OptimizerPhase:
+    """Engine hooks for a phase whose whole resumable state is ``self.opt`` and a step counter
+    (the schedule is a function of the step, and batches come from the step's seeded generator)."""
+
+    _phase_step = 0
+
+    def on_start(self, first_step: int) -> None:
+        self._phase_step = first_step
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
