@@ -127,3 +127,23 @@ def test_every_shipped_recipe_validates(root):
     for f in sorted((root / "recipes").glob("*.yaml")):
         load_recipe(f)
         load_recipe(f, smoke=True)
+
+
+def test_recipe_imports_register_user_rewards(tmp_path):
+    (tmp_path / "my_rewards_mod.py").write_text(
+        "from warmstart.engine.config import RewardConfig\n"
+        "from warmstart.registry import REWARDS\n"
+        "class ShortConfig(RewardConfig):\n"
+        "    kind: str = 'short_answer'\n"
+        "    max_chars: int = 3\n"
+        "@REWARDS.register('short_answer', ShortConfig)\n"
+        "def short(cfg):\n"
+        "    return lambda e: float(len(e.text) <= cfg.max_chars)\n"
+    )
+    text = GOOD.replace("name: t\n", "name: t\nimports: [my_rewards_mod]\n").replace(
+        "  - kind: exact_answer", "  - kind: exact_answer\n  - kind: short_answer\n    max_chars: 2")
+    r, _ = load_recipe(write(tmp_path, text))
+    assert [x.kind for x in r.rewards] == ["exact_answer", "short_answer"] and r.rewards[1].max_chars == 2
+    bad = write(tmp_path, GOOD.replace("name: t\n", "name: t\nimports: [no_such_module_xyz]\n"), "bad.yaml")
+    with pytest.raises(ConfigError, match="could not import 'no_such_module_xyz'"):
+        load_recipe(bad)

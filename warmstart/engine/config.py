@@ -81,6 +81,11 @@ class Recipe(Strict):
     configs (their own models), the rest are plain settings."""
 
     name: str = Field(description="short name of the experiment")
+    imports: list[str] = Field(
+        default_factory=list,
+        description="Python modules to import before validation (your own tasks, rewards, phases that "
+        "register themselves); looked up beside the recipe and in the working directory",
+    )
     description: str = Field("", description="one line shown by `warmstart recipes`")
     seed: int = Field(0, description="global seed; same seed -> same numbers on CPU, resumed or not")
     task: Any = Field(description="task block: {kind: ..., ...}")
@@ -327,8 +332,30 @@ def load_recipe(
             raise ConfigError(f"--set {ov!r}: expected KEY=VALUE, e.g. --set phases.grpo.lr=1e-4.")
         k, v = ov.split("=", 1)
         apply_override(raw, k.strip(), parse_value(v), source="--set")
+    import_plugins(raw.get("imports") or [], p)
     recipe = validate_recipe(raw, source=str(p), text=text)
     return recipe, raw
+
+
+def import_plugins(modules: list, recipe_path: Path) -> None:
+    """Import the recipe's ``imports:`` so that user modules can register tasks, rewards and phases
+    (``@REWARDS.register("my_reward", MyConfig)``) without touching warmstart itself."""
+    import importlib
+    import sys
+
+    if not isinstance(modules, list):
+        raise ConfigError(f"{recipe_path}: imports must be a list of module names, e.g. [my_rewards].")
+    for base in (str(Path(recipe_path).resolve().parent), str(Path.cwd())):
+        if base not in sys.path:
+            sys.path.insert(0, base)
+    for m in modules:
+        try:
+            importlib.import_module(str(m))
+        except Exception as e:  # the user's module: say which one and why, not a traceback
+            raise ConfigError(
+                f"{recipe_path}: imports: could not import {m!r} ({type(e).__name__}: {e}). It is looked up "
+                "beside the recipe, in the working directory and on PYTHONPATH."
+            ) from None
 
 
 def dump_config(raw: dict) -> str:
