@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Literal
 
 import torch
 from pydantic import Field

@@ -144,7 +144,6 @@ class LlamaKVSampler:
     @torch.no_grad()
     def prefill_logits(self, prompts: list[list[int]], pad_id: int = 0) -> torch.Tensor:
         """Logits (B, P, V) of left-padded prompts (used by tests against the HF model)."""
-        B = len(prompts)
         P = max(len(p) for p in prompts)
         state = self._prefill(prompts, P, pad_id, extra=0)
         return state["logits_all"]

@@ -93,7 +93,6 @@ class RewardModel(torch.nn.Module):
             return []
         was = self.training
         self.eval()
-        out: list[float] = []
         order = sorted(range(len(texts)), key=lambda i: len(prompts[i]) + len(texts[i]))  # less padding
         res = [0.0] * len(texts)
         for s in range(0, len(order), batch_size):

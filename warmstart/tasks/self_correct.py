@@ -25,14 +25,13 @@ from __future__ import annotations
 import random
 import re
 
-import torch
 from pydantic import Field
 
 from warmstart.episode import Episode
 from warmstart.registry import TASKS
 from warmstart.rollout.multi_turn import TurnResult, multi_turn_rollout, self_correction_metrics
 from warmstart.tasks.arithmetic import ChainArithmetic, ChainArithmeticConfig, evaluate_chain
-from warmstart.tasks.base import Problem, extract_answer, normalize_answer
+from warmstart.tasks.base import extract_answer, normalize_answer
 
 _TOKEN = re.compile(r"\d|[+\-*]")
 
