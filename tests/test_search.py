@@ -52,6 +52,28 @@ def test_mcts_toy_tree_picks_best_action(leaves_per_tree):
         assert max(env.expand_calls) > 2
 
 
+class ChainTree:
+    """Every state has ONE child (a policy so sure that all its sampled steps agree); depth 6 ends."""
+
+    def is_terminal(self, s):
+        return len(s) == 6
+
+    def expand(self, states):
+        return [[("a", 1.0, s + "a")] for s in states]
+
+    def evaluate(self, states):
+        return [0.5] * len(states)
+
+
+def test_mcts_wave_does_not_spend_simulations_on_one_leaf_twice():
+    # with one child per node, the 4 selections of a wave all reach the same leaf: only the first
+    # counts, so 6 simulations reach the terminal node instead of expanding ~2 levels
+    tree = MCTS(ChainTree(), simulations=6, leaves_per_tree=4)
+    roots = tree.search([""])
+    st = tree_stats(roots[0])
+    assert st["root_visits"] == 6 and st["terminal"] == 1 and st["depth"] == 6 and tree.expansions == 6
+
+
 def test_mcts_respects_max_depth_and_stop():
     env = ToyTree()
     roots = MCTS(env, simulations=20, max_depth=1).search([""])

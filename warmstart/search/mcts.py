@@ -98,6 +98,10 @@ class MCTS:
             n.virtual += 1
         return node, path
 
+    def _expandable(self, node: Node) -> bool:
+        return (not node.expanded and not node.terminal
+                and (self.max_depth is None or node.depth < self.max_depth))
+
     def search(self, root_states: list) -> list[Node]:
         t0 = time.time()
         env = self.env
@@ -112,8 +116,17 @@ class MCTS:
                 # a budgeted tree with nothing left to expand can spend no more: stop it too
                 if self.stop is not None and (root.exhausted or self.stop(t)):
                     continue
+                picked: set[int] = set()
                 for _ in range(min(self.leaves_per_tree, self.simulations - done_sims[t])):
                     leaf, path = self._select(root)
+                    if id(leaf) in picked and self._expandable(leaf):
+                        # virtual visits could not push this selection elsewhere (e.g. a node with a
+                        # single child): a second pick of a leaf to expand would add no node but
+                        # spend a simulation; leave it to the next wave
+                        for n in path:
+                            n.virtual -= 1
+                        break
+                    picked.add(id(leaf))
                     picks.append((t, leaf, path))
                     done_sims[t] += 1
             if not picks:
@@ -122,8 +135,7 @@ class MCTS:
             # expand every distinct, expandable leaf of this wave in one call
             todo, seen = [], set()
             for _, leaf, _ in picks:
-                if (not leaf.expanded and not leaf.terminal and id(leaf) not in seen
-                        and (self.max_depth is None or leaf.depth < self.max_depth)):
+                if self._expandable(leaf) and id(leaf) not in seen:
                     seen.add(id(leaf))
                     todo.append(leaf)
             if todo:
