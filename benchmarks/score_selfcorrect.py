@@ -5,7 +5,9 @@ SFT block and seed, so every recipe's own SFT would produce this very model), th
 learning phases from that checkpoint, with the same sampling budget (steps x problems x samples).
 Every policy is evaluated greedily on the same held-out problems in two attempts. Prints a table of
 Acc@t1, Acc@t2, Δ = Acc@t2 - Acc@t1, Δ^{i→c}, Δ^{c→i} and the share of changed answers (points,
-mean ± sd over seeds) and the command that made it.
+mean ± sd over seeds) and the command that made it. Before that, the SFT base's sampled (T = 1)
+attempts split into worked (step by step, with a ';') and answered at once, with the accuracy of
+each: the test is only fair if the worked strategy is reliably right and answering at once is not.
 
     OMP_NUM_THREADS=1 python benchmarks/score_selfcorrect.py --seeds 0 1 2 [--set key=value ...]
 """
@@ -40,6 +42,36 @@ def _run(raw: dict, run_dir: Path) -> dict:
     return run_recipe(recipe, raw, run_dir=run_dir, quiet=True)
 
 
+def base_split(base: str, sets: list[str], samples: int = 2, seed: int = 0) -> dict:
+    """Sample the base at T = 1 on the held-out problems (two attempts, ``samples`` per problem) and
+    split each attempt by strategy: share worked, accuracy of worked vs. answered-at-once attempts."""
+    import torch
+
+    from warmstart.engine.config import load_recipe
+    from warmstart.engine.eval import _load_policy
+    from warmstart.registry import TASKS
+    from warmstart.rollout.multi_turn import multi_turn_rollout
+
+    rec, _ = load_recipe(ROOT / "recipes" / "score.yaml", sets)
+    task = TASKS.get(rec.task.kind).factory(rec.task, split="test", seed=0)
+    policy = _load_policy(Path(base), task)
+    problems = task.eval_problems(rec.task.n_test)
+    eps, _ = multi_turn_rollout(policy, task, problems, samples, temperature=1.0,
+                                generator=torch.Generator().manual_seed(seed), batch_size=256)
+    out: dict = {"samples": len(eps)}
+    for k in range(2):
+        texts = [(e.turn_texts[k] if k < len(e.turn_texts) else "", e.info["answer"]) for e in eps]
+        worked = [task.is_correct(t, a) for t, a in texts if task.step_separator in t]
+        once = [task.is_correct(t, a) for t, a in texts if task.step_separator not in t]
+        out[f"t{k + 1}_worked_share"] = len(worked) / len(eps)
+        out[f"t{k + 1}_worked_acc"] = sum(worked) / max(len(worked), 1)
+        out[f"t{k + 1}_once_acc"] = sum(once) / max(len(once), 1)
+    # how often the base revises by working it out after answering at once
+    after_once = [e for e in eps if task.step_separator not in e.turn_texts[0]]
+    out["t2_worked_after_once"] = sum(task.step_separator in e.turn_texts[-1] for e in after_once) / max(len(after_once), 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -48,6 +80,7 @@ def main() -> None:
                     help="train the SFT warm start once (first seed) and start every seed's methods from it (saves CPU)")
     ap.add_argument("--base", default=None,
                     help="an existing SFT warm start (a run's final/ of recipes/score.yaml's sft phase) to start every method from")
+    ap.add_argument("--split-only", action="store_true", help="only measure the --base's worked vs. at-once accuracy")
     ap.add_argument("--out", default=str(ROOT / "runs" / f"bench-score-{time.strftime('%m%d-%H%M%S')}"))
     args = ap.parse_args()
     cmd = "OMP_NUM_THREADS=1 python benchmarks/score_selfcorrect.py " + " ".join(sys.argv[1:])
@@ -55,6 +88,12 @@ def main() -> None:
     from warmstart.engine.config import load_recipe
 
     out = Path(args.out)
+    split = None
+    if args.base:
+        split = base_split(args.base, args.sets)
+        print(json.dumps({"base_split": split}), flush=True)
+        if args.split_only:
+            return
     rows: dict[str, list[dict]] = {}
     times: dict[str, list[float]] = {}
     t_all = time.time()
@@ -119,6 +158,11 @@ def main() -> None:
             cells.append(f"{statistics.mean(v):{sign}.1f} ± {sd:.1f}")
         cells.append(f"{statistics.mean(times[label]):.0f}")
         print("| " + " | ".join(cells) + " |")
+    if split:
+        print(f"\nSFT base at T = 1 ({split['samples']} samples): attempt 1 worked {100 * split['t1_worked_share']:.1f}% "
+              f"of the time, right {100 * split['t1_worked_acc']:.1f}% when worked vs {100 * split['t1_once_acc']:.1f}% "
+              f"when answered at once; attempt 2 worked {100 * split['t2_worked_share']:.1f}% (right "
+              f"{100 * split['t2_worked_acc']:.1f}%), after an at-once attempt 1 {100 * split['t2_worked_after_once']:.1f}%")
 
 
 if __name__ == "__main__":

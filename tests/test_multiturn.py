@@ -133,6 +133,43 @@ def test_environment_tokens_get_no_gradient_and_stage1_kl_is_attempt_one_only(ti
     assert torch.all(g[ti != 0] == 0)
 
 
+def test_shared_reference_is_the_first_stage_start_across_phases_and_resume(tiny_policy_factory, tmp_path):
+    """reference: shared -> Stage II's KL reference is the policy at the start of Stage I (the base),
+    not the policy Stage II starts from; a resumed run (fresh extras) gets the same model from disk."""
+    from types import SimpleNamespace
+
+    policy = tiny_policy_factory(seed=0)
+    base = {k: v.clone() for k, v in policy.model.state_dict().items()}
+
+    def phase(ctx, **kw):
+        ph = MultiTurnPhase.__new__(MultiTurnPhase)
+        ph.cfg = MultiTurnConfig(max_turns=2, **kw)
+        ph.ctx, ph.policy, ph.model, ph.ref_model = ctx, policy, policy.model, None
+        return ph
+
+    ctx = SimpleNamespace(extras={}, run_dir=tmp_path)
+    stage1 = phase(ctx, beta=0.01, turn_beta=[0.1, 0.0], reference="shared")
+    stage1.on_start(0)
+    with torch.no_grad():  # "training" in Stage I moves the policy
+        for p in policy.model.parameters():
+            p.add_(0.5)
+    stage2 = phase(ctx, beta=0.01, reference="shared")
+    stage2.on_start(0)
+    assert stage2.ref_model is stage1.ref_model
+    for k, v in stage2.ref_model.state_dict().items():
+        assert torch.equal(v, base[k])
+    assert not any(p.requires_grad for p in stage2.ref_model.parameters())
+    # the default keeps the per-phase reference (the policy at this phase's start)
+    per_phase = phase(SimpleNamespace(extras={}, run_dir=None), beta=0.01)
+    per_phase.on_start(0)
+    assert torch.equal(next(per_phase.ref_model.parameters()), next(policy.model.parameters()))
+    # resume into Stage II from a phase-boundary checkpoint: nothing in memory, the file has the base
+    resumed = phase(SimpleNamespace(extras={}, run_dir=tmp_path), beta=0.01, reference="shared")
+    resumed.on_start(0)
+    for k, v in resumed.ref_model.state_dict().items():
+        assert torch.equal(v, base[k])
+
+
 def test_per_turn_to_tokens_fill():
     v = torch.tensor([[1.0, 2.0]])
     ti = torch.tensor([[-1, 0, 0, -1, 1, -1]])
@@ -212,6 +249,23 @@ def test_self_correct_task_demos_and_respond(tiny_policy_factory):
     r0 = task.respond(e, 0)
     assert r0.message == task.instruction and not r0.done and r0.rewards == {"correct": 1.0}
     assert task.respond(e, 1).done
+
+
+def test_wrong_first_demos_are_context_and_revisions_end_on_the_right_answer(tiny_policy_factory):
+    policy = tiny_policy_factory()
+    task = _task(revision_fraction=0.5, worked_fraction=0.0, wrong_first_fraction=0.5)
+    demos = task.demo_episodes(policy)
+    wrong = [e for e in demos if len(e.turns) == 1]  # attempt 1 went in as environment tokens
+    assert 0 < len(wrong) < len(demos)
+    for e in wrong:
+        (b0, _), = e.turns
+        first = policy.decode(e.ids[:b0]).split(task.instruction)[0]
+        assert first.startswith("#") and not task.is_correct(first, e.info["answer"])
+        assert not any(e.action_mask[:b0])
+        if task.step_separator in e.turn_texts[0]:  # a worked revision: right, unlike attempt 1
+            assert task.is_correct(e.turn_texts[0], e.info["answer"])
+    # the default keeps every first attempt right and trained
+    assert all(len(e.turns) == 2 for e in _task(revision_fraction=0.5).demo_episodes(policy))
 
 
 def test_self_correction_metrics_on_hand_made_pairs():

@@ -15,11 +15,14 @@ Per turn k of an episode (rewards r_k from the task's ``turn_rewards``)::
 baseline, no std scaling), as in SCoRe. SCoRe Stage I = ``turn_weights: [0, 1]`` and a strong
 ``turn_beta: [beta2, 0]`` (the first attempt stays near the reference while training the second
 moves the shared weights); Stage II = ``turn_weights: [1, 1]``, ``progress_bonus: alpha``.
+With ``reference: shared`` on both stages, both KL terms are to the same model: the policy at the
+start of Stage I (the SFT base), as in the paper, rather than each stage's own starting policy.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import time
 from typing import Literal
 
@@ -47,6 +50,12 @@ class MultiTurnConfig(GRPOConfig):
     progress_bonus: float = Field(0.0, ge=0, description="alpha: adds alpha * (r_k - r_{k-1}) to turn k >= 1 (SCoRe Stage II: 10)")
     gamma: float = Field(0.0, ge=0, le=1, description="discount across turns: 0 = each turn's tokens earn only that turn's reward")
     turn_beta: list[float] | None = Field(None, description="extra KL coefficient per turn, added to beta (SCoRe Stage I: [beta2, 0])")
+    reference: Literal["phase", "shared"] = Field(
+        "phase", description="KL reference: 'phase' = the policy at the start of this phase; 'shared' = the policy at the start "
+                             "of the run's first phase with reference: shared (SCoRe: the base model for Stage I and II)")
+
+
+SHARED_REFERENCE_FILE = "reference.pt"
 
 
 def shape_turn_rewards(raw: torch.Tensor, weights: list[float] | None = None, alpha: float = 0.0) -> torch.Tensor:
@@ -144,11 +153,34 @@ class MultiTurnPhase(GRPOPhase):
         return metrics
 
     def on_start(self, first_step: int) -> None:
+        if self.cfg.reference == "shared" and self.ref_model is None:
+            self.ref_model = self._shared_reference()
         super().on_start(first_step)
         if self.ref_model is None and any(b > 0 for b in (self.cfg.turn_beta or [])):
             self.ref_model = copy.deepcopy(self.model).eval()
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
+
+    def _shared_reference(self):
+        """The run's shared KL reference: the policy at the start of the first phase that asks for it.
+        Kept in ``ctx.extras`` and saved once as ``<run dir>/reference.pt``, so a later phase (or a
+        resumed run) gets the same model, not the policy it happens to start from."""
+        ctx = self.ctx
+        ref = ctx.extras.get("shared_reference")
+        if ref is not None:
+            return ref
+        ref = copy.deepcopy(self.model).eval()
+        path = ctx.run_dir / SHARED_REFERENCE_FILE if ctx.run_dir is not None else None
+        if path is not None and path.exists():
+            ref.load_state_dict(torch.load(path, weights_only=True))
+        elif path is not None:
+            tmp = path.with_suffix(".pt.tmp")
+            torch.save(ref.state_dict(), tmp)
+            os.replace(tmp, path)
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        ctx.extras["shared_reference"] = ref
+        return ref
 
 
 @PHASES.register("multi_turn", MultiTurnConfig)

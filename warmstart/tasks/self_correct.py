@@ -15,7 +15,10 @@ step by step is easy (worked answers are mostly right). The SFT warm start sees 
 whose first attempt answers at once (``1 - worked_fraction`` of them), and whose second attempt
 copies the first (most of them) or, in a ``revision_fraction`` share, works the problem out: a
 "revision" the model has seen but rarely uses. Self-correction then means: keep the quick first
-attempt, and in the second attempt switch to the reliable worked strategy. The metrics say whether
+attempt, and in the second attempt switch to the reliable worked strategy. In a
+``wrong_first_fraction`` share of the answer-at-once demos the first attempt is a wrong answer (given
+as context, with no loss): otherwise every worked revision in the demos ends on attempt 1's answer,
+and the model learns to copy that answer at the end of its worked revision instead of computing it. The metrics say whether
 a method learned that (Δ > 0, Δ^{i→c} up), learned nothing (Δ ≈ 0), or collapsed to answering the
 same twice (``changed`` ≈ 0).
 """
@@ -44,6 +47,10 @@ class SelfCorrectConfig(ChainArithmeticConfig):
     revision_fraction: float = Field(0.15, ge=0.0, le=1.0,
                                      description="share of SFT demos whose second attempt works the problem out (else it copies the first)")
     worked_fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of SFT demos whose first attempt is worked step by step")
+    wrong_first_fraction: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="share of answer-at-once SFT demos whose first attempt is a wrong answer, shown as context (no loss); "
+                    "without it a worked revision always ends on attempt 1's answer, and the model learns to copy it")
 
 
 def worked_solution(prompt: str, modulus: int = 10) -> str:
@@ -70,14 +77,21 @@ class SelfCorrectArithmetic(ChainArithmetic):
 
     # -- warm start: two-turn demonstrations
     def demo_episodes(self, policy) -> list[Episode]:
-        """Demos as multi-turn episodes: attempt 1 (answer-only or worked, always right), the
-        instruction (environment tokens), attempt 2 (a copy of attempt 1, or, in a
-        ``revision_fraction`` share, the worked solution). Loss on both attempts."""
+        """Demos as multi-turn episodes: attempt 1 (answer-only or worked, right), the instruction
+        (environment tokens), attempt 2 (a copy of attempt 1, or, in a ``revision_fraction`` share,
+        the worked solution). Loss on both attempts, except that in a ``wrong_first_fraction`` share
+        of the answer-at-once demos attempt 1 is a wrong answer given as context (no loss)."""
         rng = random.Random(self.cfg.data_seed + 2)
+        wrong_rng = random.Random(self.cfg.data_seed + 3)
         eos = [policy.eos_id] if policy.eos_id is not None else []
         out = []
         for p in self.problems:
             first = p.solution
+            wrong_first = False
+            if self.cfg.wrong_first_fraction and self.step_separator not in first \
+                    and wrong_rng.random() < self.cfg.wrong_first_fraction:
+                wrong = wrong_rng.choice([d for d in range(self.cfg.modulus) if str(d) != p.answer])
+                first, wrong_first = f"{self.answer_marker}{wrong}", True
             worked = worked_solution(p.prompt, self.cfg.modulus)
             attempts = [first]
             for _ in range(self.max_turns - 1):
@@ -87,7 +101,10 @@ class SelfCorrectArithmetic(ChainArithmetic):
                 if k:
                     e.add_env(policy.encode(self.instruction))
                 ids = policy.encode(a) + eos
-                e.add_turn(ids, [0.0] * len(ids), a)
+                if k == 0 and wrong_first:
+                    e.add_env(ids)
+                else:
+                    e.add_turn(ids, [0.0] * len(ids), a)
             out.append(e)
         return out
 
