@@ -110,7 +110,7 @@ def main() -> None:
         args.strategies = ",".join(dict.fromkeys(r["strategy"] for r in rows if r["strategy"] != "greedy"))
     out.write_text(json.dumps({"rows": rows, "summary": {"init": summary["init"], "final": summary["final"]},
                                "plain_tokens_per_s": plain["sample_tokens_per_s"], "command": cmd}, indent=2, default=float))
-    plot_scaling(rows, out.with_suffix(".png"), f"chain_arithmetic n_terms=8, SFT checkpoint, n={args.n}")
+    plot_scaling(rows, out.with_suffix(".png"), f"{Path(args.recipe).stem}: SFT checkpoint, n={args.n}")
 
     print(f"\n# {cmd}")
     print(f"SFT checkpoint {ckpt}; held-out n={args.n}; one greedy solution = {L:.1f} tokens; T={args.temperature}")
