@@ -5,7 +5,7 @@ Uses a run of ``recipes/search-expert-iteration.yaml`` (SFT -> ORM -> PRM -> exp
 PRM-guided MCTS); runs it first unless ``--run-dir`` already holds one. Then:
 
 1. scaling: every strategy (best_of_n+ORM, vote, weighted_vote+ORM, beam+PRM, mcts+PRM, revise+PRM)
-   at ``--multiples`` x (one greedy solution's tokens) on ``--n`` held-out problems, from the SFT
+   at ``--multiples`` x (one solution sampled at --temperature, in tokens) on ``--n`` held-out problems, from the SFT
    checkpoint (the policy before expert iteration; the RM phases do not change it);
 2. expert iteration: greedy held-out accuracy of the SFT init vs after expert iteration;
 3. throughput: MCTS expansions/s, best-of-N sampled tokens/s vs plain sampling of as many sequences.
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="reuse a finished SFT phase: its checkpoint (same task/policy/sft config) "
                     "becomes policy.path and the recipe's SFT phase runs 0 steps")
     ap.add_argument("--n", type=int, default=200, help="held-out problems for the scaling sweep")
-    ap.add_argument("--multiples", default="1,2,4,8", help="budgets as multiples of one greedy solution's tokens")
+    ap.add_argument("--multiples", default="1,2,4,8", help="budgets as multiples of one sampled solution's tokens")
     ap.add_argument("--strategies", default="best_of_n,vote,weighted_vote,beam,mcts,revise")
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--mcts-final", default="value", help="how MCTS picks its answer: value, vote or visits")
@@ -83,10 +83,10 @@ def main() -> None:
 
     s = SearchSession(ckpt, args.recipe, n=args.n, temperature=args.temperature)
     g = s.greedy()
-    L = g["tokens"]
+    L = s.solution_tokens()  # the budget unit: one solution sampled at the search temperature
     budgets = [int(round(float(m) * L)) for m in args.multiples.split(",")]
-    rows = [{"strategy": "greedy", "scorer": "none", "budget_tokens": int(round(L)), "accuracy": g["accuracy"],
-             "generated_tokens": L, "time_s": g["time_s"], "tokens_per_s": g["tokens_per_s"]}]
+    rows = [{"strategy": "greedy", "scorer": "none", "budget_tokens": int(round(g["tokens"])), "accuracy": g["accuracy"],
+             "generated_tokens": g["tokens"], "time_s": g["time_s"], "tokens_per_s": g["tokens_per_s"]}]
     t1 = time.time()
     for strat in args.strategies.split(","):
         for b in budgets:
@@ -113,14 +113,14 @@ def main() -> None:
     plot_scaling(rows, out.with_suffix(".png"), f"{Path(args.recipe).stem}: SFT checkpoint, n={args.n}")
 
     print(f"\n# {cmd}")
-    print(f"SFT checkpoint {ckpt}; held-out n={args.n}; one greedy solution = {L:.1f} tokens; T={args.temperature}")
+    print(f"SFT checkpoint {ckpt}; held-out n={args.n}; budget unit = one sampled solution = {L:.1f} tokens (greedy {g['tokens']:.1f}); T={args.temperature}")
     print(f"{'strategy':<14} {'scorer':<8} " + " ".join(f"{b:>11}" for b in budgets) + "   (accuracy @ budget tokens; measured tokens)")
     for strat in args.strategies.split(","):
         rs = [r for r in rows if r["strategy"] == strat]
         cells = " ".join(f"{r['accuracy']:.3f}/{r['generated_tokens']:>4.0f}" for r in rs)
         mono = all(b["accuracy"] >= a["accuracy"] for a, b in zip(rs, rs[1:]))
         print(f"{strat:<14} {rs[0]['scorer']:<8} {cells}   non-decreasing={mono}")
-    print(f"greedy: {g['accuracy']:.3f} at {L:.0f} tokens")
+    print(f"greedy: {g['accuracy']:.3f} at {g['tokens']:.0f} tokens")
     big = {r["strategy"]: r for r in rows if r.get("budget_tokens") == max(budgets)}
     print(f"\nlargest budget {max(budgets)} tokens: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in big.items()))
     print(f"expert iteration (MCTS+PRM, verified): greedy {summary['init']['accuracy']:.3f} -> {summary['final']['accuracy']:.3f} "

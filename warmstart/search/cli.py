@@ -5,7 +5,9 @@ per problem and throughput. ``scaling`` sweeps every strategy over several budge
 rows ``{strategy, budget_tokens, accuracy, ...}`` plus a plot (accuracy vs generated tokens).
 
 Budgets are sampled tokens per problem. best-of-N / voting / beam size their knob from the budget
-and the mean length of one greedy solution; MCTS and revision stop once a problem has spent it.
+and the mean length of one solution sampled at the search temperature (not the greedy one: a policy
+whose greedy answer is short but whose samples often work the problem out would otherwise overspend
+many times over); MCTS and revision stop once a problem has spent it.
 Reward models are found in the checkpoint's run (``<run>/reward_models/{orm,prm}``) unless given.
 """
 
@@ -64,9 +66,20 @@ class SearchSession:
         self._rms: dict = {}
         self.temperature, self.seed = temperature, seed
         self._greedy = None
+        self._unit = None
+
+    def solution_tokens(self) -> float:
+        """Mean length of one solution sampled at the search temperature: the budget unit; computed once."""
+        if self._unit is None:
+            from warmstart.rollout.single_turn import rollout
+
+            gen = torch.Generator().manual_seed(self.seed + 1)
+            eps, st = rollout(self.policy, self.problems, 1, self.task.max_new_tokens, self.temperature, generator=gen)
+            self._unit = st["sampled_tokens"] / len(eps)
+        return self._unit
 
     def greedy(self) -> dict:
-        """Greedy accuracy and mean solution length (the budget unit); computed once."""
+        """Greedy accuracy and mean greedy solution length; computed once."""
         if self._greedy is None:
             from warmstart.rollout.single_turn import rollout
 
@@ -95,7 +108,7 @@ class SearchSession:
         if strategy not in STRATEGIES:
             raise ConfigError(f"--strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}.")
         scorer = scorer or DEFAULT_SCORER[strategy]
-        kw = knobs_for_budget(strategy, budget, self.greedy()["tokens"])
+        kw = knobs_for_budget(strategy, budget, self.solution_tokens())
         kw.update(knobs)
         gen = torch.Generator().manual_seed(self.seed)
         res = STRATEGIES[strategy](self.policy, self.task, self.problems, self.scorer(scorer),
@@ -125,7 +138,7 @@ def scaling_main(checkpoint, task, out: Path, budgets: list[int] | None = None, 
 
     s = SearchSession(checkpoint, task, n, sets, orm, prm, temperature, seed)
     g = s.greedy()
-    budgets = budgets or [int(round(m * g["tokens"])) for m in multiples]
+    budgets = budgets or [int(round(m * s.solution_tokens())) for m in multiples]
     rows = [{"strategy": "greedy", "scorer": "none", "budget_tokens": int(round(g["tokens"])), "accuracy": g["accuracy"],
              "generated_tokens": g["tokens"], "n": len(s.problems), "time_s": g["time_s"], "tokens_per_s": g["tokens_per_s"]}]
     log(json.dumps(rows[0]))
