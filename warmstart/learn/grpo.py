@@ -102,6 +102,14 @@ def policy_gradient_loss(
     return out
 
 
+def frozen_copy(model):
+    """A frozen reference: a copy of ``model`` in eval mode with no gradients."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
 def reference_logprobs(ref_model, batch: TokenBatch, temperature: float) -> torch.Tensor:
     from warmstart.learn.core import token_logprobs
 
@@ -215,9 +223,7 @@ class GRPOPhase:
     def on_start(self, first_step: int) -> None:
         self._phase_step = first_step
         if self.cfg.beta > 0 and self.ref_model is None:
-            self.ref_model = copy.deepcopy(self.model).eval()
-            for p in self.ref_model.parameters():
-                p.requires_grad_(False)
+            self.ref_model = frozen_copy(self.model)
 
     def state_dict(self) -> dict:
         st = {"opt": self.opt.state_dict()}
@@ -228,10 +234,8 @@ class GRPOPhase:
     def load_state_dict(self, state: dict) -> None:
         self.opt.load_state_dict(state["opt"])
         if "ref" in state:
-            self.ref_model = copy.deepcopy(self.model).eval()
+            self.ref_model = frozen_copy(self.model)
             self.ref_model.load_state_dict(state["ref"])
-            for p in self.ref_model.parameters():
-                p.requires_grad_(False)
 
 
 def _select(batch: TokenBatch, idx: torch.Tensor) -> TokenBatch:

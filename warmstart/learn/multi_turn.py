@@ -21,7 +21,6 @@ start of Stage I (the SFT base), as in the paper, rather than each stage's own s
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from typing import Literal
@@ -34,7 +33,7 @@ from warmstart.episode import Episode
 from warmstart.errors import ConfigError
 from warmstart.learn.core import discounted_returns, group_advantages
 from warmstart.init.sft import sft_update
-from warmstart.learn.grpo import GRPOConfig, GRPOPhase
+from warmstart.learn.grpo import GRPOConfig, GRPOPhase, frozen_copy
 from warmstart.learn.optim import OptimizerPhase, Schedule, lr_at, make_adamw, set_lr
 from warmstart.registry import PHASES
 from warmstart.rollout.multi_turn import multi_turn_rollout, turn_reward_matrix
@@ -157,9 +156,7 @@ class MultiTurnPhase(GRPOPhase):
             self.ref_model = self._shared_reference()
         super().on_start(first_step)
         if self.ref_model is None and any(b > 0 for b in (self.cfg.turn_beta or [])):
-            self.ref_model = copy.deepcopy(self.model).eval()
-            for p in self.ref_model.parameters():
-                p.requires_grad_(False)
+            self.ref_model = frozen_copy(self.model)
 
     def _shared_reference(self):
         """The run's shared KL reference: the policy at the start of the first phase that asks for it.
@@ -169,7 +166,7 @@ class MultiTurnPhase(GRPOPhase):
         ref = ctx.extras.get("shared_reference")
         if ref is not None:
             return ref
-        ref = copy.deepcopy(self.model).eval()
+        ref = frozen_copy(self.model)
         path = ctx.run_dir / SHARED_REFERENCE_FILE if ctx.run_dir is not None else None
         if path is not None and path.exists():
             ref.load_state_dict(torch.load(path, weights_only=True))
@@ -177,8 +174,6 @@ class MultiTurnPhase(GRPOPhase):
             tmp = path.with_suffix(".pt.tmp")
             torch.save(ref.state_dict(), tmp)
             os.replace(tmp, path)
-        for p in ref.parameters():
-            p.requires_grad_(False)
         ctx.extras["shared_reference"] = ref
         return ref
 

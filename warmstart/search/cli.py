@@ -68,26 +68,26 @@ class SearchSession:
         self._greedy = None
         self._unit = None
 
+    def _one_each(self, temperature: float, generator=None) -> dict:
+        """One solution per problem: accuracy, mean tokens, throughput."""
+        from warmstart.rollout.single_turn import rollout
+
+        t0 = time.time()
+        eps, st = rollout(self.policy, self.problems, 1, self.task.max_new_tokens, temperature, generator=generator)
+        acc = sum(self.task.is_correct(e.text, p.answer) for e, p in zip(eps, self.problems)) / len(eps)
+        return {"accuracy": acc, "tokens": st["sampled_tokens"] / len(eps),
+                "tokens_per_s": st["sample_tokens_per_s"], "time_s": time.time() - t0}
+
     def solution_tokens(self) -> float:
         """Mean length of one solution sampled at the search temperature: the budget unit; computed once."""
         if self._unit is None:
-            from warmstart.rollout.single_turn import rollout
-
-            gen = torch.Generator().manual_seed(self.seed + 1)
-            eps, st = rollout(self.policy, self.problems, 1, self.task.max_new_tokens, self.temperature, generator=gen)
-            self._unit = st["sampled_tokens"] / len(eps)
+            self._unit = self._one_each(self.temperature, torch.Generator().manual_seed(self.seed + 1))["tokens"]
         return self._unit
 
     def greedy(self) -> dict:
         """Greedy accuracy and mean greedy solution length; computed once."""
         if self._greedy is None:
-            from warmstart.rollout.single_turn import rollout
-
-            t0 = time.time()
-            eps, st = rollout(self.policy, self.problems, 1, self.task.max_new_tokens, 0.0)
-            acc = sum(self.task.is_correct(e.text, p.answer) for e, p in zip(eps, self.problems)) / len(eps)
-            self._greedy = {"accuracy": acc, "tokens": st["sampled_tokens"] / len(eps),
-                            "tokens_per_s": st["sample_tokens_per_s"], "time_s": time.time() - t0}
+            self._greedy = self._one_each(0.0)
         return self._greedy
 
     def scorer(self, kind: str):
