@@ -53,7 +53,9 @@ def main() -> None:
     ap.add_argument("--multiples", default="1,2,4,8", help="budgets as multiples of one sampled solution's tokens")
     ap.add_argument("--strategies", default="best_of_n,vote,weighted_vote,beam,mcts,revise")
     ap.add_argument("--temperature", type=float, default=0.8)
-    ap.add_argument("--mcts-final", default="value", help="how MCTS picks its answer: value, vote or visits")
+    ap.add_argument("--final", default=None, help="how beam, MCTS and revision pick their answer: value (best-scored), "
+                    "vote (score-weighted vote, the default) or visits (MCTS only)")
+    ap.add_argument("--task-set", action="append", default=[], help="held-out task option, e.g. n_test=1000 (repeatable)")
     ap.add_argument("--keep-rows", action="store_true", help="keep --out's rows of strategies not re-run here")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "search_scaling.json"))
     ap.add_argument("--ei-only", action="store_true", help="only re-run expert iteration (with --set overrides of the "
@@ -79,9 +81,9 @@ def main() -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     ckpt = sft_checkpoint(run_dir)
 
-    from warmstart.search.cli import SearchSession, plot_scaling
+    from warmstart.search.cli import SearchSession, paired_change, plot_scaling
 
-    s = SearchSession(ckpt, args.recipe, n=args.n, temperature=args.temperature)
+    s = SearchSession(ckpt, args.recipe, n=args.n, sets=args.task_set, temperature=args.temperature)
     g = s.greedy()
     L = s.solution_tokens()  # the budget unit: one solution sampled at the search temperature
     budgets = [int(round(float(m) * L)) for m in args.multiples.split(",")]
@@ -90,8 +92,8 @@ def main() -> None:
     t1 = time.time()
     for strat in args.strategies.split(","):
         for b in budgets:
-            rows.append(s.run(strat, b, **({"final": args.mcts_final} if strat == "mcts" else {})))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k != "knobs"}), flush=True)
+            rows.append(s.run(strat, b, **({"final": args.final} if args.final and strat in ("beam", "mcts", "revise") else {})))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("knobs", "correct")}), flush=True)
     t_scaling = time.time() - t1
 
     # throughput: best-of-N vs plain sampling of the same number of sequences, MCTS expansions/s
@@ -119,10 +121,21 @@ def main() -> None:
         rs = [r for r in rows if r["strategy"] == strat]
         cells = " ".join(f"{r['accuracy']:.3f}/{r['generated_tokens']:>4.0f}" for r in rs)
         mono = all(b["accuracy"] >= a["accuracy"] for a, b in zip(rs, rs[1:]))
-        print(f"{strat:<14} {rs[0]['scorer']:<8} {cells}   non-decreasing={mono}")
+        # a fall counts when it exceeds 2 paired standard errors (same problems, consecutive budgets)
+        steps = [paired_change(a, b) for a, b in zip(rs, rs[1:]) if "correct" in a and "correct" in b]
+        worst = min(steps, key=lambda d: d[0] / max(d[1], 1e-9), default=(0.0, 0.0))
+        sig = any(d < -2 * se for d, se in steps)
+        print(f"{strat:<14} {rs[0]['scorer']:<8} {cells}   non-decreasing={mono}  "
+              f"worst step {100 * worst[0]:+.1f} ± {100 * worst[1]:.1f} pts, significant fall={sig}")
     print(f"greedy: {g['accuracy']:.3f} at {g['tokens']:.0f} tokens")
     big = {r["strategy"]: r for r in rows if r.get("budget_tokens") == max(budgets)}
     print(f"\nlargest budget {max(budgets)} tokens: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in big.items()))
+    if "best_of_n" in big:
+        for k in ("beam", "mcts", "revise"):
+            if k in big and "correct" in big[k]:
+                d, se = paired_change(big["best_of_n"], big[k])
+                print(f"  {k} (PRM) - best_of_n (ORM): {100 * d:+.1f} ± {100 * se:.1f} points (paired), "
+                      f"at {big[k]['generated_tokens']:.0f} vs {big['best_of_n']['generated_tokens']:.0f} tokens")
     print(f"expert iteration (MCTS+PRM, verified): greedy {summary['init']['accuracy']:.3f} -> {summary['final']['accuracy']:.3f} "
           f"({100 * (summary['final']['accuracy'] - summary['init']['accuracy']):+.1f} points, n={summary['final']['n']})")
     print(f"throughput: plain sampling {plain['sample_tokens_per_s']:.0f} tok/s ({nb} x {len(s.problems)} sequences)")

@@ -83,6 +83,42 @@ def test_mcts_respects_max_depth_and_stop():
     assert roots[0].visits == 3
 
 
+class SampledRoot:
+    """The root's actions are sampled: the first draw gives two final answers (poor), the second a
+    step that leads to a good answer. Depth-1 'x' has one terminal child 'xy' (0.9)."""
+
+    def __init__(self):
+        self.root_draws = 0
+
+    def is_terminal(self, s):
+        return s in ("a", "b", "xy")
+
+    def expand(self, states):
+        out = []
+        for s in states:
+            if s == "":
+                self.root_draws += 1
+                out.append([(a, 0.5, a) for a in (("a", "b") if self.root_draws == 1 else ("a", "x"))])
+            else:
+                out.append([("y", 1.0, s + "y")])
+        return out
+
+    def evaluate(self, states):
+        return [{"a": 0.1, "b": 0.2, "x": 0.6, "xy": 0.9}.get(s, 0.5) for s in states]
+
+
+def test_mcts_widens_a_node_whose_sampled_actions_are_explored():
+    budget = lambda t: False  # noqa: E731  (a budget never reached: only exhaustion stops)
+    narrow = MCTS(SampledRoot(), simulations=10, leaves_per_tree=1, stop=budget).search([""])[0]
+    assert {c.state for c in narrow.children} == {"a", "b"} and narrow.exhausted  # stuck on two poor answers
+    wide = MCTS(SampledRoot(), simulations=10, leaves_per_tree=1, stop=budget, widen=True).search([""])[0]
+    assert {c.state for c in wide.children} == {"a", "b", "x"}  # 'a' again is not added twice
+    assert most_visited_path(wide)[-1].state == "xy" and wide.exhausted
+    # finite action sets still end: a widening that adds nothing marks the node exhausted
+    roots = MCTS(ToyTree(), simulations=200, leaves_per_tree=1, stop=budget, widen=True).search([""])
+    assert roots[0].exhausted and tree_stats(roots[0])["nodes"] == 13 and roots[0].visits < 200
+
+
 # ------------------------------------------------------------------------------------------ beam
 
 
@@ -119,7 +155,7 @@ def test_beam_keeps_top_k_of_each_depth(tiny):
     pol, task = tiny
     probs = task.eval_problems(3)
     sc = RecordingScorer()
-    res = STRATEGIES["beam"](pol, task, probs, sc, beam_width=2, expand=3, max_depth=3,
+    res = STRATEGIES["beam"](pol, task, probs, sc, beam_width=2, expand=3, max_depth=3, final="value",
                              generator=torch.Generator().manual_seed(0))
     for depth, (problems, texts, scores) in enumerate(sc.calls[:3]):
         for i, p in enumerate(probs):
@@ -128,6 +164,81 @@ def test_beam_keeps_top_k_of_each_depth(tiny):
                 assert res.episodes[i].info["beam_scores"][depth] == [round(s, 4) for s in mine[:2]]
     for e in res.episodes:  # the answer is the best-scored finished candidate
         assert e.info["score"] == max(c.info["score"] for c in res.candidates[probs.index(next(p for p in probs if p.prompt == e.prompt))])
+
+
+class _Texts:
+    """Stands in for an Expander in pick_answer: a partial's text is its ids joined."""
+
+    def text(self, p):
+        return "".join(map(str, p.ids))
+
+
+def test_pick_answer_value_vs_score_weighted_vote():
+    from warmstart.search.strategies import pick_answer
+
+    task = ChainArithmetic(ChainArithmeticConfig(n_terms=3, n_demos=8, n_test=8), split="test")
+    x = _Texts()
+
+    def cand(text, score, lp=-1.0):
+        return (Partial(0, tuple(text), (lp,) * len(text)), score)
+
+    cs = [cand("1+2=3;#3", 0.9), cand("#5", 0.6), cand("2+3=5;#5", 0.5), cand("#7", 0.2)]
+    (best, s), info = pick_answer(x, task, cs, "value")
+    assert s == 0.9 and info == {}
+    (best, s), info = pick_answer(x, task, cs, "vote")  # 5: 0.6 + 0.5 = 1.1 beats 3: 0.9
+    assert info["answer_voted"] == "5" and s == 0.6 and info["votes"] == pytest.approx({"3": 0.9, "5": 1.1, "7": 0.2})
+    # a tie in summed score goes to the answer the policy is surest of (higher mean log-prob)
+    tie = [cand("#3", 0.5, lp=-2.0), cand("#4", 0.5, lp=-0.5)]
+    assert pick_answer(x, task, tie, "vote")[1]["answer_voted"] == "4"
+    # no parsable answer at all: the best-scored candidate
+    (best, s), info = pick_answer(x, task, [cand("xx", 0.3), cand("yy", 0.4)], "vote")
+    assert s == 0.4 and info["answer_voted"] is None
+
+
+class _CountingPolicy:
+    """The tiny policy, recording how many rows each sampler call gets."""
+
+    def __init__(self, pol):
+        self._pol, self.rows = pol, []
+
+    def __getattr__(self, name):
+        return getattr(self._pol, name)
+
+    def sample(self, prompts, *a, **k):
+        self.rows.append(len(prompts))
+        return self._pol.sample(prompts, *a, **k)
+
+
+def test_beam_root_samples_the_whole_beam(tiny):
+    pol, task = tiny
+    probs = task.eval_problems(3)
+    cp = _CountingPolicy(pol)
+    STRATEGIES["beam"](cp, task, probs, RecordingScorer(), beam_width=4, expand=2, max_depth=3,
+                       generator=torch.Generator().manual_seed(0))
+    assert cp.rows[0] == 3 * 4 * 2  # not 3 * 2: the root is one beam but starts beam_width * expand lines
+
+
+def test_mcts_completes_a_partial_line_valued_above_every_answer(tiny):
+    pol, task = tiny
+    probs = task.eval_problems(8)
+
+    def prefer_partial(problems, texts):  # partial lines (ending at a step) look better than any answer
+        return [0.9 if t.endswith(task.step_separator) else 0.1 for t in texts]
+
+    res = STRATEGIES["mcts"](pol, task, probs, prefer_partial, simulations=1, width=4, leaves_per_tree=1,
+                             generator=torch.Generator().manual_seed(0))
+    checked = 0
+    for e, cs in zip(res.episodes, res.candidates):
+        kids = e.info["tree"]["root_children"]
+        partial = [c for c in kids if c["q"] == 0.9]
+        if partial:  # one root expansion stopped the tree: its best partial line was completed by sampling
+            checked += 1
+            assert len(cs) == e.info["tree"]["terminal"] + 1
+            assert task.step_separator in cs[-1].text and cs[-1].ids  # it extends a partial step
+        else:  # answers only, or (no answer at all) the best partial line completed
+            assert len(cs) == max(e.info["tree"]["terminal"], 1)
+    assert checked > 0
+    assert all(len(e.ids) > 0 for e in res.episodes)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -248,3 +359,10 @@ def test_recipe_smoke(root, tmp_path, recipe):
     s = run_recipe(r, raw, run_dir=tmp_path / recipe, smoke=True, quiet=True)
     assert s["final"]["n"] == 8
     assert (tmp_path / recipe / "reward_models" / "prm" / "reward_head.safetensors").exists()
+
+
+def test_paired_change_hand_computed():
+    from warmstart.search.cli import paired_change
+
+    d, se = paired_change({"correct": "1100"}, {"correct": "1011"})  # per-problem diffs 0, -1, +1, +1
+    assert d == pytest.approx(0.25) and se == pytest.approx((2.75 / 3 / 4) ** 0.5)

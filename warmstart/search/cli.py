@@ -30,22 +30,22 @@ def build_task(task: str, sets: list[str] | None = None):
     from warmstart.registry import TASKS
 
     p = Path(task)
-    if p.suffix in (".yaml", ".yml"):
+    if p.suffix in (".yaml", ".yml"):  # the recipe's (eval) task; --set changes its options
         recipe, _ = load_recipe(p)
-        tcfg = recipe.eval_task or recipe.task
+        raw = (recipe.eval_task or recipe.task).model_dump()
     else:
         raw = {"kind": "jsonl", "path": str(p)} if p.suffix == ".jsonl" else {"kind": task}
-        for s in sets or []:
-            if "=" not in s:
-                raise ConfigError(f"--set {s!r}: expected KEY=VALUE, e.g. --set n_terms=9")
-            k, v = s.split("=", 1)
-            apply_override(raw, k, parse_value(v))
-        try:
-            tcfg = TASKS.get(raw["kind"]).config.model_validate(raw)
-        except Exception as e:
-            if isinstance(e, WarmstartError):
-                raise
-            raise ConfigError(f"--task {task}: invalid task options: {e}") from None
+    for s in sets or []:
+        if "=" not in s:
+            raise ConfigError(f"--set {s!r}: expected KEY=VALUE, e.g. --set n_terms=9")
+        k, v = s.split("=", 1)
+        apply_override(raw, k, parse_value(v))
+    try:
+        tcfg = TASKS.get(raw["kind"]).config.model_validate(raw)
+    except Exception as e:
+        if isinstance(e, WarmstartError):
+            raise
+        raise ConfigError(f"--task {task}: invalid task options: {e}") from None
     return TASKS.get(tcfg.kind).factory(tcfg, split="test", seed=0)
 
 
@@ -113,9 +113,11 @@ class SearchSession:
         gen = torch.Generator().manual_seed(self.seed)
         res = STRATEGIES[strategy](self.policy, self.task, self.problems, self.scorer(scorer),
                                    temperature=self.temperature, generator=gen, **kw)
-        row = {"strategy": strategy, "scorer": scorer, "budget_tokens": budget, "accuracy": res.accuracy(self.task),
+        correct = [int(self.task.is_correct(e.text, e.info["answer"])) for e in res.episodes]
+        row = {"strategy": strategy, "scorer": scorer, "budget_tokens": budget, "accuracy": sum(correct) / len(correct),
                "generated_tokens": res.mean_tokens, "knobs": kw, "n": len(self.problems),
-               "time_s": res.stats["time_s"], "tokens_per_s": res.stats["tokens_per_s"]}
+               "time_s": res.stats["time_s"], "tokens_per_s": res.stats["tokens_per_s"],
+               "correct": "".join(map(str, correct))}  # per problem, for paired comparisons across budgets
         for k in ("expansions", "expansions_per_s", "waves"):
             if k in res.stats:
                 row[k] = res.stats[k]
@@ -151,6 +153,18 @@ def scaling_main(checkpoint, task, out: Path, budgets: list[int] | None = None, 
     out.write_text(json.dumps(rows, indent=2))
     plot_scaling(rows, out.with_suffix(".png"), f"{Path(checkpoint)} on {task} (n={len(s.problems)})")
     return rows
+
+
+def paired_change(a: dict, b: dict) -> tuple[float, float]:
+    """Accuracy change from row ``a`` to row ``b`` on the same problems, and its standard error
+    (paired: the per-problem differences' std / sqrt(n)). A change within ~2 standard errors is
+    what re-running with another seed could reverse."""
+    x, y = [int(c) for c in a["correct"]], [int(c) for c in b["correct"]]
+    d = [q - p for p, q in zip(x, y)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((v - mean) ** 2 for v in d) / max(n - 1, 1)
+    return mean, (var / n) ** 0.5
 
 
 def plot_scaling(rows: list[dict], path: Path, title: str = "") -> None:

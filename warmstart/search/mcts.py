@@ -49,7 +49,8 @@ class Node(Generic[S]):
     visits: int = 0
     value_sum: float = 0.0
     virtual: int = 0
-    exhausted: bool = False  # terminal, or every child is: nothing left to expand below
+    exhausted: bool = False  # terminal, or every child is (and it cannot widen): nothing left to expand below
+    can_widen: bool = True  # with widening: a re-expansion may still add new children
 
     @property
     def q(self) -> float:
@@ -78,20 +79,32 @@ class MCTS:
     MCTS; more = fewer, larger batches); ``max_depth`` nodes deeper than this are not expanded;
     ``stop(tree_index)`` may end a tree early (e.g. its token budget is spent); with ``stop`` set, a
     tree whose every leaf is terminal also stops (otherwise it keeps refining its visit counts).
+
+    ``widen``: for envs whose actions are *sampled* (reasoning steps), a node whose children are all
+    fully explored is expanded again, adding the newly sampled actions it has not seen (progressive
+    widening on demand). Without it, a root whose few sampled steps all happened to be final answers
+    would end the search however much budget is left. A re-expansion that adds nothing marks the
+    node as exhausted, so finite action sets still terminate.
     """
 
     def __init__(self, env: TreeEnv, simulations: int = 32, c_puct: float = 1.5, leaves_per_tree: int = 4,
-                 max_depth: int | None = None, stop: Callable[[int], bool] | None = None):
+                 max_depth: int | None = None, stop: Callable[[int], bool] | None = None, widen: bool = False):
         self.env, self.simulations, self.c_puct = env, simulations, c_puct
         self.leaves_per_tree, self.max_depth, self.stop = max(1, leaves_per_tree), max_depth, stop
+        self.widen = widen
         self.expansions = 0
         self.evaluations = 0
         self.waves = 0
         self.time_s = 0.0
 
+    def _widenable(self, node: Node) -> bool:
+        return (self.widen and node.expanded and node.can_widen and not node.terminal
+                and all(c.exhausted for c in node.children)
+                and (self.max_depth is None or node.depth < self.max_depth))
+
     def _select(self, root: Node) -> tuple[Node, list[Node]]:
         node, path = root, [root]
-        while node.expanded and node.children and not node.terminal:
+        while node.expanded and node.children and not node.terminal and not self._widenable(node):
             node = puct_child(node, self.c_puct)
             path.append(node)
         for n in path:  # virtual visit: the next selection in this wave is pushed elsewhere
@@ -100,7 +113,7 @@ class MCTS:
 
     def _expandable(self, node: Node) -> bool:
         return (not node.expanded and not node.terminal
-                and (self.max_depth is None or node.depth < self.max_depth))
+                and (self.max_depth is None or node.depth < self.max_depth)) or self._widenable(node)
 
     def search(self, root_states: list) -> list[Node]:
         t0 = time.time()
@@ -143,7 +156,12 @@ class MCTS:
                 self.expansions += len(todo)
                 new = []
                 for leaf, kids in zip(todo, kids_per_leaf):
+                    widening = leaf.expanded
                     leaf.expanded = True
+                    if widening:  # keep only actions the node has not seen
+                        seen_a = {c.action for c in leaf.children}
+                        kids = [k for k in kids if k[0] not in seen_a]
+                        leaf.can_widen = bool(kids)
                     for action, prior, st in kids:
                         term = env.is_terminal(st)
                         c = Node(st, parent=leaf, action=action, prior=prior, depth=leaf.depth + 1,
@@ -162,7 +180,7 @@ class MCTS:
                 for n in reversed(path):  # exhaustion propagates upwards
                     n.exhausted = n.terminal or (
                         (n.expanded or (self.max_depth is not None and n.depth >= self.max_depth))
-                        and all(c.exhausted for c in n.children))
+                        and all(c.exhausted for c in n.children) and not self._widenable(n))
         self.time_s += time.time() - t0
         return roots
 

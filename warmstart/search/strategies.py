@@ -41,8 +41,9 @@ class SearchConfig(Strict):
     width: int = Field(4, ge=1, description="mcts: steps sampled when a node is expanded")
     leaves_per_tree: int = Field(4, ge=1, description="mcts: leaves expanded per tree per batched wave")
     c_puct: float = Field(1.5, gt=0, description="mcts: exploration constant")
+    widen: bool = Field(True, description="mcts: sample more steps at a node whose sampled steps are all explored, while budget is left")
     value: Literal["scorer", "rollout"] = Field("scorer", description="mcts: node value from the scorer, or from a policy rollout scored by it")
-    final: Literal["value", "vote", "visits"] = Field("value", description="mcts: answer = best-scored complete node, value-weighted vote over complete nodes, or the most-visited path")
+    final: Literal["value", "vote", "visits"] = Field("vote", description="beam/mcts/revise: answer = the best-scored complete candidate ('value'), the score-weighted vote over the candidates' answers ('vote'), or (mcts) the end of the most-visited path ('visits')")
     rounds: int = Field(2, ge=0, description="revise: revision rounds after the first attempt")
     max_depth: int | None = Field(None, ge=1, description="beam/mcts: most steps (default: the task's limit / 4 + 2)")
     max_step_tokens: int = Field(16, ge=1, description="longest step (tokens up to the separator)")
@@ -52,6 +53,32 @@ class SearchConfig(Strict):
 
 def _answer(text: str, task) -> str | None:
     return normalize_answer(extract_answer(text, task.answer_marker))
+
+
+def pick_answer(x: Expander, task, cands: list[tuple[Partial, float]], final: str = "value") -> tuple[tuple[Partial, float], dict]:
+    """Choose one of a problem's complete candidates ``(partial, score)``.
+
+    ``'value'``: the best-scored one. ``'vote'``: the answer with the largest summed score wins (with
+    equal scores, a majority vote); ties go to the answer the policy is surest of (its best mean
+    log-prob); the best-scored candidate with that answer is returned. Summing is what keeps a weak
+    scorer from being over-optimised: as candidates multiply, one confidently wrong outlier can win an
+    arg-max, but rarely outweighs the evidence of several agreeing candidates.
+    Returns the chosen candidate and ``info`` (``votes``, ``answer_voted`` when voting).
+    """
+    if final == "vote":
+        tally: dict = defaultdict(float)
+        conf: dict = defaultdict(lambda: -float("inf"))
+        answers = [_answer(x.text(p), task) for p, _ in cands]
+        for (p, s), a in zip(cands, answers):
+            if a is not None:
+                tally[a] += s
+                conf[a] = max(conf[a], sum(p.logprobs) / max(len(p.logprobs), 1))
+        if tally:
+            win = max(tally, key=lambda a: (tally[a], conf[a]))
+            best = max((c for c, a in zip(cands, answers) if a == win), key=lambda c: c[1])
+            return best, {"votes": dict(tally), "answer_voted": win}
+        return max(cands, key=lambda c: c[1]), {"votes": {}, "answer_voted": None}
+    return max(cands, key=lambda c: c[1]), {}
 
 
 def _finish(x: Expander, chosen: list[Partial], scores: list[float], cands: list[list[tuple[Partial, float]]],
@@ -98,23 +125,11 @@ def vote(policy, task, problems: list[Problem], scorer=None, n: int = 8, weighte
     chosen, chosen_s, cands, infos = [], [], [], []
     for i, ks in enumerate(kids):
         cs = list(zip(ks, scores[i * n:(i + 1) * n]))
-        tally: dict = defaultdict(float)
-        conf: dict = defaultdict(lambda: -float("inf"))
-        for k, s in cs:
-            a = _answer(x.text(k), task)
-            if a is not None:
-                tally[a] += s if weighted else 1.0
-                conf[a] = max(conf[a], sum(k.logprobs) / max(len(k.logprobs), 1))
-        if tally:
-            # ties (e.g. two samples that disagree) go to the answer the policy is surest of
-            win = max(tally, key=lambda a: (tally[a], conf[a]))
-            best = max((c for c in cs if _answer(x.text(c[0]), task) == win), key=lambda c: c[1])
-        else:
-            win, best = None, max(cs, key=lambda c: c[1])
-        chosen.append(best[0])
-        chosen_s.append(best[1])
+        (best, best_s), info = pick_answer(x, task, cs, "vote")
+        chosen.append(best)
+        chosen_s.append(best_s)
         cands.append(cs)
-        infos.append({"votes": dict(tally), "answer_voted": win})
+        infos.append(info)
     return _finish(x, chosen, chosen_s, cands, "weighted_vote" if weighted else "vote", t0, infos)
 
 
@@ -125,12 +140,13 @@ def keep_top_k(cands: list[tuple[Partial, float]], k: int) -> list[tuple[Partial
 
 
 def beam_search(policy, task, problems: list[Problem], scorer, beam_width: int = 4, expand: int = 2,
-                max_depth: int | None = None, max_step_tokens: int = 16, temperature: float = 1.0, top_p: float = 1.0,
-                generator=None, **_) -> SearchResult:
-    """Step-level beam search: at each depth every live beam samples ``expand`` next steps (one
-    batched call for all problems), the scorer (a PRM) scores every new prefix (one call), and each
-    problem keeps its ``beam_width`` best. Complete candidates leave the beam for the finished pool;
-    the answer is the best-scored finished one."""
+                max_depth: int | None = None, max_step_tokens: int = 16, final: str = "vote", temperature: float = 1.0,
+                top_p: float = 1.0, generator=None, **_) -> SearchResult:
+    """Step-level beam search: the root samples ``beam_width * expand`` first steps, then at each
+    depth every live beam samples ``expand`` next steps (one batched call for all problems), the
+    scorer (a PRM) scores every new prefix (one call), and each problem keeps its ``beam_width``
+    best. Complete candidates leave the beam for the finished pool; the answer is chosen from that
+    pool by :func:`pick_answer` (``final``)."""
     t0 = time.time()
     x = Expander(policy, task, problems, temperature, top_p, generator, max_step_tokens)
     max_depth = max_depth or default_depth(task)
@@ -141,7 +157,10 @@ def beam_search(policy, task, problems: list[Problem], scorer, beam_width: int =
         live = [b for bs in beams for b in bs]
         if not live:
             break
-        kids = x.expand(live, expand, full=depth == max_depth - 1)
+        # the root is one beam: sample as many first steps as the full beam will expand at every
+        # later depth, or a beam of width 8 would start from 2 samples (and, when both answer at once,
+        # end there)
+        kids = x.expand(live, expand if depth else beam_width * expand, full=depth == max_depth - 1)
         per_problem: dict[int, list[Partial]] = defaultdict(list)
         seen: set[tuple] = set()
         for ks in kids:
@@ -161,28 +180,33 @@ def beam_search(policy, task, problems: list[Problem], scorer, beam_width: int =
             for k, s in top:
                 (finished[i].append((k, s)) if k.done else beams[i].append(k))
     # problems whose beams never finished: complete the best live prefix
-    chosen, chosen_s = [], []
+    chosen, chosen_s, infos = [], [], []
     for i in range(len(problems)):
         if not finished[i]:
             leftover = x.complete(beams[i][:1] or [Partial(i)])[0]
             s = scorer([problems[i]], [x.text(leftover)])[0]
             finished[i].append((leftover, s))
-        best = max(finished[i], key=lambda c: c[1])
-        chosen.append(best[0])
-        chosen_s.append(best[1])
-    infos = [{"beam_scores": kept_trace[i]} for i in range(len(problems))]
+        (best, best_s), info = pick_answer(x, task, finished[i], final)
+        chosen.append(best)
+        chosen_s.append(best_s)
+        infos.append({"beam_scores": kept_trace[i], **info})
     return _finish(x, chosen, chosen_s, finished, "beam", t0, infos)
 
 
 def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int = 32, width: int = 4,
-                leaves_per_tree: int = 4, c_puct: float = 1.5, value: str = "scorer", final: str = "value",
+                leaves_per_tree: int = 4, c_puct: float = 1.5, value: str = "scorer", final: str = "vote", widen: bool = True,
                 max_depth: int | None = None, max_step_tokens: int = 16, budget_tokens: int | None = None,
                 temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
     """MCTS over reasoning steps, all trees searched together (one sampler call and one scorer call
-    per wave). Stops a tree after ``simulations`` or once it has sampled ``budget_tokens``. The answer
-    is the best-valued complete node (``final='value'``), the value-weighted vote over the complete
-    nodes' answers (``'vote'``) or the end of the most-visited path (``'visits'``), completed by
-    sampling when the path stops short. Tree statistics go to ``info``."""
+    per wave). Stops a tree after ``simulations`` or once it has sampled ``budget_tokens``. Steps
+    are sampled, so a fully explored node samples more (``widen``, see :class:`MCTS`).
+
+    The answer comes from the tree's complete nodes (:func:`pick_answer`: the best-valued one, or
+    the value-weighted vote), or is the end of the most-visited path (``final='visits'``). When an
+    unexpanded partial node is valued above every complete one (a small budget stopped the tree
+    before its best line reached an answer), it is completed by sampling and joins the candidates:
+    otherwise a cheap, low-valued answer would win only because it is finished. Completions' tokens
+    count. Tree statistics go to ``info``."""
     from warmstart.search.mcts import MCTS, ReasoningStepEnv, iter_nodes, most_visited_path, tree_stats
 
     t0 = time.time()
@@ -198,49 +222,56 @@ def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int 
         return x.tokens[t] + 0.5 * leaves_per_tree * per_exp >= budget_tokens
 
     sims = simulations if not budget_tokens else max(simulations, 10_000)
-    tree = MCTS(env, sims, c_puct, leaves_per_tree, max_depth, stop if budget_tokens else None)
+    tree = MCTS(env, sims, c_puct, leaves_per_tree, max_depth, stop if budget_tokens else None, widen)
     roots = tree.search([Partial(i) for i in range(len(problems))])
-    chosen: list[Partial | None] = [None] * len(problems)
-    chosen_s = [0.0] * len(problems)
-    cands = []
+    cands: list[list[tuple[Partial, float]]] = []
+    pick: dict[int, tuple[Partial, float]] = {}  # final='visits': the path's end, if complete
+    to_finish: list[tuple[int, Partial]] = []  # (problem, partial state to complete by sampling)
     for i, root in enumerate(roots):
-        terms = [n for n in iter_nodes(root) if n.terminal]
-        cands.append([(n.state, n.value) for n in sorted(terms, key=lambda n: -n.visits)])
-        if final == "value" and terms:
-            best = max(terms, key=lambda n: (n.value, n.visits))
-            chosen[i], chosen_s[i] = best.state, best.value
-        elif final == "vote" and terms:
-            # value-weighted vote over the answers of the complete nodes: evidence from several
-            # paths beats the single highest score of an imperfect scorer
-            tally: dict = defaultdict(float)
-            for n in terms:
-                tally[_answer(x.text(n.state), task)] += n.value
-            win = max(tally, key=lambda a: tally[a])
-            best = max((n for n in terms if _answer(x.text(n.state), task) == win), key=lambda n: n.value)
-            chosen[i], chosen_s[i] = best.state, best.value
-        else:
+        nodes = list(iter_nodes(root))
+        terms = sorted((n for n in nodes if n.terminal), key=lambda n: -n.visits)
+        cands.append([(n.state, n.value) for n in terms])
+        if final == "visits":
             end = most_visited_path(root)[-1]
-            chosen[i], chosen_s[i] = end.state, end.value
-    # paths that stop short of an answer are finished by sampling (their tokens count)
-    todo = [i for i, p in enumerate(chosen) if not p.done]
-    if todo:
-        done = x.complete([chosen[i] for i in todo])
-        sc = scorer([problems[i] for i in todo], [x.text(d) for d in done])
-        for i, d, s in zip(todo, done, sc):
-            chosen[i], chosen_s[i] = d, s
-            cands[i].append((d, s))
-    infos = [{"tree": tree_stats(r)} for r in roots]
+            if end.terminal:
+                pick[i] = (end.state, end.value)
+            else:
+                to_finish.append((i, end.state))
+            continue
+        frontier = [n for n in nodes if not n.terminal and not n.expanded]
+        top = max(frontier, key=lambda n: (n.value, n.depth), default=None)
+        if top is not None and (not terms or top.value > max(n.value for n in terms)):
+            to_finish.append((i, top.state))
+    if to_finish:
+        done = x.complete([p for _, p in to_finish])
+        sc = scorer([problems[i] for i, _ in to_finish], [x.text(d) for d in done])
+        for (i, _), d, sd in zip(to_finish, done, sc):
+            cands[i].append((d, sd))
+            if final == "visits":
+                pick[i] = (d, sd)
+    chosen, chosen_s, infos = [], [], []
+    for i, root in enumerate(roots):
+        info = {"tree": tree_stats(root)}
+        if final == "visits":
+            best, best_s = pick[i]
+        else:
+            (best, best_s), more = pick_answer(x, task, cands[i], final)
+            info.update(more)
+        chosen.append(best)
+        chosen_s.append(best_s)
+        infos.append(info)
     stats = {"expansions": tree.expansions, "evaluations": tree.evaluations, "waves": tree.waves,
              "mcts_time_s": tree.time_s, "expansions_per_s": tree.expansions / max(tree.time_s, 1e-9)}
     return _finish(x, chosen, chosen_s, cands, "mcts", t0, infos, stats)
 
 
 def revise(policy, task, problems: list[Problem], scorer, rounds: int = 2, budget_tokens: int | None = None,
-           temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
+           final: str = "vote", temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
     """Sequential revision: the policy writes a solution; each round the scorer (a PRM) scores every
     step prefix of the current best attempt, the steps before the first doubtful one (the lowest
-    prefix score) are kept, and the policy rewrites the rest conditioned on them. The best-scored
-    attempt so far is the answer. Runs ``rounds`` rounds, or until ``budget_tokens`` are spent."""
+    prefix score) are kept, and the policy rewrites the rest conditioned on them. The answer is
+    chosen from all attempts by :func:`pick_answer` (``final``: the best-scored attempt, or the
+    score-weighted vote over them). Runs ``rounds`` rounds, or until ``budget_tokens`` are spent."""
     t0 = time.time()
     x = Expander(policy, task, problems, temperature, top_p, generator)
     first = x.complete([Partial(i) for i in range(len(problems))])
@@ -278,8 +309,12 @@ def revise(policy, task, problems: list[Problem], scorer, rounds: int = 2, budge
             if s > best[i][1]:
                 best[i] = (p, s)
         r += 1
-    infos = [{"rounds": len(h) - 1, "round_scores": [round(s, 4) for _, s in h]} for h in hist]
-    return _finish(x, [b[0] for b in best], [b[1] for b in best], hist, "revise", t0, infos)
+    chosen, infos = [], []
+    for h in hist:
+        c, info = pick_answer(x, task, h, final)
+        chosen.append(c)
+        infos.append({"rounds": len(h) - 1, "round_scores": [round(s, 4) for _, s in h], **info})
+    return _finish(x, [c[0] for c in chosen], [c[1] for c in chosen], hist, "revise", t0, infos)
 
 
 def default_depth(task) -> int:
