@@ -366,3 +366,13 @@ def test_paired_change_hand_computed():
 
     d, se = paired_change({"correct": "1100"}, {"correct": "1011"})  # per-problem diffs 0, -1, +1, +1
     assert d == pytest.approx(0.25) and se == pytest.approx((2.75 / 3 / 4) ** 0.5)
+
+
+def test_revise_stops_once_the_scorer_trusts_the_answer(tiny):
+    pol, task = tiny
+    probs = task.eval_problems(3)
+    sure = lambda problems, texts: [0.99] * len(texts)  # noqa: E731
+    kept = STRATEGIES["revise"](pol, task, probs, sure, rounds=3, generator=torch.Generator().manual_seed(0))
+    spent = STRATEGIES["revise"](pol, task, probs, sure, rounds=3, confident=None, generator=torch.Generator().manual_seed(0))
+    assert all(e.info["rounds"] == 0 for e in kept.episodes) and all(e.info["rounds"] == 3 for e in spent.episodes)
+    assert kept.mean_tokens < spent.mean_tokens

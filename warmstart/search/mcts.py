@@ -82,7 +82,8 @@ class MCTS:
 
     ``widen``: for envs whose actions are *sampled* (reasoning steps), a node whose children are all
     fully explored is expanded again, adding the newly sampled actions it has not seen (progressive
-    widening on demand). Without it, a root whose few sampled steps all happened to be final answers
+    widening on demand); a re-sampled action adds its prior to its child's, so priors stay
+    proportional to how often each action was sampled. Without it, a root whose few sampled steps all happened to be final answers
     would end the search however much budget is left. A re-expansion that adds nothing marks the
     node as exhausted, so finite action sets still terminate.
     """
@@ -158,9 +159,12 @@ class MCTS:
                 for leaf, kids in zip(todo, kids_per_leaf):
                     widening = leaf.expanded
                     leaf.expanded = True
-                    if widening:  # keep only actions the node has not seen
-                        seen_a = {c.action for c in leaf.children}
-                        kids = [k for k in kids if k[0] not in seen_a]
+                    if widening:  # a seen action adds its prior (its samples) to its child; new ones join
+                        by_action = {c.action: c for c in leaf.children}
+                        for action, prior, _ in kids:
+                            if action in by_action:
+                                by_action[action].prior += prior
+                        kids = [k for k in kids if k[0] not in by_action]
                         leaf.can_widen = bool(kids)
                     for action, prior, st in kids:
                         term = env.is_terminal(st)
@@ -231,7 +235,8 @@ def tree_stats(root: Node) -> dict:
 class ReasoningStepEnv:
     """States are :class:`~warmstart.search.base.Partial` solutions; an action is one reasoning
     step (text up to the step separator). ``expand`` samples ``width`` steps per state in one
-    batched call and merges identical ones (prior = share of the samples); past ``max_depth - 1``
+    batched call and merges identical ones (prior = how many of the samples it was, which PUCT
+    normalises and a vote over answers uses as the node's weight); past ``max_depth - 1``
     steps a child is sampled to the end instead. ``evaluate`` asks the scorer (a PRM on prefixes,
     an ORM, ...) or, with ``value='rollout'``, completes each state with the policy and scores the
     completion (``rollout_scorer``, default the same scorer)."""
@@ -260,7 +265,7 @@ class ReasoningStepEnv:
                         merged[step][1] += 1.0
                     else:
                         merged[step] = [step, 1.0, k]
-                out[i] = [(a, n / len(ks), k) for a, n, k in merged.values()]
+                out[i] = [(a, n, k) for a, n, k in merged.values()]
         return out
 
     def evaluate(self, states):

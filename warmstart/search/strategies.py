@@ -45,6 +45,7 @@ class SearchConfig(Strict):
     value: Literal["scorer", "rollout"] = Field("scorer", description="mcts: node value from the scorer, or from a policy rollout scored by it")
     final: Literal["value", "vote", "visits"] = Field("vote", description="beam/mcts/revise: answer = the best-scored complete candidate ('value'), the score-weighted vote over the candidates' answers ('vote'), or (mcts) the end of the most-visited path ('visits')")
     rounds: int = Field(2, ge=0, description="revise: revision rounds after the first attempt")
+    confident: float | None = Field(0.95, gt=0, le=1, description="revise: stop revising a problem once its best attempt scores this much (None: always spend the rounds/budget)")
     max_depth: int | None = Field(None, ge=1, description="beam/mcts: most steps (default: the task's limit / 4 + 2)")
     max_step_tokens: int = Field(16, ge=1, description="longest step (tokens up to the separator)")
     temperature: float = Field(1.0, ge=0, description="sampling temperature")
@@ -55,12 +56,14 @@ def _answer(text: str, task) -> str | None:
     return normalize_answer(extract_answer(text, task.answer_marker))
 
 
-def pick_answer(x: Expander, task, cands: list[tuple[Partial, float]], final: str = "value") -> tuple[tuple[Partial, float], dict]:
+def pick_answer(x: Expander, task, cands: list[tuple[Partial, float]], final: str = "value",
+                weights: list[float] | None = None) -> tuple[tuple[Partial, float], dict]:
     """Choose one of a problem's complete candidates ``(partial, score)``.
 
     ``'value'``: the best-scored one. ``'vote'``: the answer with the largest summed score wins (with
     equal scores, a majority vote); ties go to the answer the policy is surest of (its best mean
-    log-prob); the best-scored candidate with that answer is returned. Summing is what keeps a weak
+    log-prob); the best-scored candidate with that answer is returned. ``weights`` (default 1) count
+    a candidate several times: a tree node that stands for several identical samples votes for each. Summing is what keeps a weak
     scorer from being over-optimised: as candidates multiply, one confidently wrong outlier can win an
     arg-max, but rarely outweighs the evidence of several agreeing candidates.
     Returns the chosen candidate and ``info`` (``votes``, ``answer_voted`` when voting).
@@ -69,9 +72,9 @@ def pick_answer(x: Expander, task, cands: list[tuple[Partial, float]], final: st
         tally: dict = defaultdict(float)
         conf: dict = defaultdict(lambda: -float("inf"))
         answers = [_answer(x.text(p), task) for p, _ in cands]
-        for (p, s), a in zip(cands, answers):
+        for (p, s), a, w in zip(cands, answers, weights or [1.0] * len(cands)):
             if a is not None:
-                tally[a] += s
+                tally[a] += s * w
                 conf[a] = max(conf[a], sum(p.logprobs) / max(len(p.logprobs), 1))
         if tally:
             win = max(tally, key=lambda a: (tally[a], conf[a]))
@@ -202,7 +205,7 @@ def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int 
     are sampled, so a fully explored node samples more (``widen``, see :class:`MCTS`).
 
     The answer comes from the tree's complete nodes (:func:`pick_answer`: the best-valued one, or
-    the value-weighted vote), or is the end of the most-visited path (``final='visits'``). When an
+    the vote in which each node's value counts once per sample it stands for), or is the end of the most-visited path (``final='visits'``). When an
     unexpanded partial node is valued above every complete one (a small budget stopped the tree
     before its best line reached an answer), it is completed by sampling and joins the candidates:
     otherwise a cheap, low-valued answer would win only because it is finished. Completions' tokens
@@ -225,12 +228,14 @@ def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int 
     tree = MCTS(env, sims, c_puct, leaves_per_tree, max_depth, stop if budget_tokens else None, widen)
     roots = tree.search([Partial(i) for i in range(len(problems))])
     cands: list[list[tuple[Partial, float]]] = []
+    weights: list[list[float]] = []
     pick: dict[int, tuple[Partial, float]] = {}  # final='visits': the path's end, if complete
     to_finish: list[tuple[int, Partial]] = []  # (problem, partial state to complete by sampling)
     for i, root in enumerate(roots):
         nodes = list(iter_nodes(root))
         terms = sorted((n for n in nodes if n.terminal), key=lambda n: -n.visits)
         cands.append([(n.state, n.value) for n in terms])
+        weights.append([n.prior for n in terms])  # how many samples each answer node stands for
         if final == "visits":
             end = most_visited_path(root)[-1]
             if end.terminal:
@@ -247,6 +252,7 @@ def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int 
         sc = scorer([problems[i] for i, _ in to_finish], [x.text(d) for d in done])
         for (i, _), d, sd in zip(to_finish, done, sc):
             cands[i].append((d, sd))
+            weights[i].append(1.0)
             if final == "visits":
                 pick[i] = (d, sd)
     chosen, chosen_s, infos = [], [], []
@@ -255,7 +261,7 @@ def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int 
         if final == "visits":
             best, best_s = pick[i]
         else:
-            (best, best_s), more = pick_answer(x, task, cands[i], final)
+            (best, best_s), more = pick_answer(x, task, cands[i], final, weights[i])
             info.update(more)
         chosen.append(best)
         chosen_s.append(best_s)
@@ -266,12 +272,15 @@ def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int 
 
 
 def revise(policy, task, problems: list[Problem], scorer, rounds: int = 2, budget_tokens: int | None = None,
-           final: str = "vote", temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
+           final: str = "vote", confident: float | None = 0.95, temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
     """Sequential revision: the policy writes a solution; each round the scorer (a PRM) scores every
     step prefix of the current best attempt, the steps before the first doubtful one (the lowest
     prefix score) are kept, and the policy rewrites the rest conditioned on them. The answer is
     chosen from all attempts by :func:`pick_answer` (``final``: the best-scored attempt, or the
-    score-weighted vote over them). Runs ``rounds`` rounds, or until ``budget_tokens`` are spent."""
+    score-weighted vote over them). Runs ``rounds`` rounds, or until ``budget_tokens`` are spent; a
+    problem whose best attempt the scorer already trusts (score >= ``confident``) is not revised
+    further: with a scorer that cannot rank two trusted attempts (both saturated), more rounds only
+    rewrite a trusted answer into copies of whichever attempt the noise ranks first."""
     t0 = time.time()
     x = Expander(policy, task, problems, temperature, top_p, generator)
     first = x.complete([Partial(i) for i in range(len(problems))])
@@ -281,7 +290,8 @@ def revise(policy, task, problems: list[Problem], scorer, rounds: int = 2, budge
     max_rounds = rounds if not budget_tokens else 10_000
     r = 0
     while r < max_rounds:
-        active = [i for i in range(len(problems)) if not budget_tokens or x.tokens[i] < budget_tokens]
+        active = [i for i in range(len(problems)) if (not budget_tokens or x.tokens[i] < budget_tokens)
+                  and (confident is None or best[i][1] < confident)]
         if not active:
             break
         # step prefixes of each active best attempt, scored in one call
