@@ -368,11 +368,51 @@ def test_paired_change_hand_computed():
     assert d == pytest.approx(0.25) and se == pytest.approx((2.75 / 3 / 4) ** 0.5)
 
 
-def test_revise_stops_once_the_scorer_trusts_the_answer(tiny):
-    pol, task = tiny
-    probs = task.eval_problems(3)
-    sure = lambda problems, texts: [0.99] * len(texts)  # noqa: E731
-    kept = STRATEGIES["revise"](pol, task, probs, sure, rounds=3, generator=torch.Generator().manual_seed(0))
-    spent = STRATEGIES["revise"](pol, task, probs, sure, rounds=3, confident=None, generator=torch.Generator().manual_seed(0))
-    assert all(e.info["rounds"] == 0 for e in kept.episodes) and all(e.info["rounds"] == 3 for e in spent.episodes)
-    assert kept.mean_tokens < spent.mean_tokens
+class ScriptedPolicy:
+    """Writes the same three-step solution for every prompt (characters as token ids, 0 = EOS) and
+    records the prompts of every sampler call: revision's behaviour in isolation."""
+
+    eos_id = 0
+    SOLUTION = "1+2=3;3*2=6;6+1=7;#7"
+
+    def __init__(self):
+        self.calls = []
+
+    def encode_prompt(self, prompt):
+        return [ord(c) for c in prompt + "|"]
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids if i)
+
+    def sample(self, prompts, max_new, temperature=1.0, top_p=1.0, generator=None, batch_size=None, stop_ids=None):
+        from warmstart.policies.sampler import Samples
+
+        self.calls.append([list(p) for p in prompts])
+        out = []
+        for p in prompts:
+            written = self.decode(p).split("|", 1)[1]  # what the solution holds so far
+            rest = [ord(c) for c in self.SOLUTION[len(written):]] + [0]
+            if stop_ids:
+                cut = next((j + 1 for j, t in enumerate(rest) if t in stop_ids), len(rest))
+                rest = rest[:cut]
+            out.append(rest[:max_new])
+        return Samples(out, [[-0.1] * len(o) for o in out], [o[-1] == 0 for o in out])
+
+
+def test_revise_starts_afresh_once_the_scorer_trusts_the_answer():
+    task = ChainArithmetic(ChainArithmeticConfig(n_terms=3, n_demos=8, n_test=8), split="test")
+    probs = task.eval_problems(2)
+    # trusted (>= 0.95) everywhere; longer prefixes a little less, so a rewrite keeps all but the last step
+    trusted = lambda problems, texts: [0.999 - 1e-4 * len(t) for t in texts]  # noqa: E731
+    later = {}
+    for conf in (0.95, None):
+        pol = ScriptedPolicy()
+        res = STRATEGIES["revise"](pol, task, probs, trusted, rounds=2, confident=conf)
+        assert all(e.info["rounds"] == 2 for e in res.episodes)
+        later[conf] = [p for call in pol.calls[1:] for p in call]
+    bare = [pol.encode_prompt(p.prompt) for p in probs]
+    assert all(p in bare for p in later[0.95])  # trusted: every later attempt is a fresh sample
+    assert not any(p in bare for p in later[None])  # without the rule: rewrite after the kept steps

@@ -45,7 +45,7 @@ class SearchConfig(Strict):
     value: Literal["scorer", "rollout"] = Field("scorer", description="mcts: node value from the scorer, or from a policy rollout scored by it")
     final: Literal["value", "vote", "visits"] = Field("vote", description="beam/mcts/revise: answer = the best-scored complete candidate ('value'), the score-weighted vote over the candidates' answers ('vote'), or (mcts) the end of the most-visited path ('visits')")
     rounds: int = Field(2, ge=0, description="revise: revision rounds after the first attempt")
-    confident: float | None = Field(0.95, gt=0, le=1, description="revise: stop revising a problem once its best attempt scores this much (None: always spend the rounds/budget)")
+    confident: float | None = Field(0.95, gt=0, le=1, description="revise: once a problem's best attempt scores this much, its next attempts start afresh instead of rewriting it (None: always rewrite)")
     max_depth: int | None = Field(None, ge=1, description="beam/mcts: most steps (default: the task's limit / 4 + 2)")
     max_step_tokens: int = Field(16, ge=1, description="longest step (tokens up to the separator)")
     temperature: float = Field(1.0, ge=0, description="sampling temperature")
@@ -272,15 +272,18 @@ def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int 
 
 
 def revise(policy, task, problems: list[Problem], scorer, rounds: int = 2, budget_tokens: int | None = None,
-           final: str = "vote", confident: float | None = 0.95, temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
+           final: str = "vote", confident: float | None = 0.95, temperature: float = 1.0, top_p: float = 1.0,
+           generator=None, **_) -> SearchResult:
     """Sequential revision: the policy writes a solution; each round the scorer (a PRM) scores every
     step prefix of the current best attempt, the steps before the first doubtful one (the lowest
     prefix score) are kept, and the policy rewrites the rest conditioned on them. The answer is
     chosen from all attempts by :func:`pick_answer` (``final``: the best-scored attempt, or the
-    score-weighted vote over them). Runs ``rounds`` rounds, or until ``budget_tokens`` are spent; a
-    problem whose best attempt the scorer already trusts (score >= ``confident``) is not revised
-    further: with a scorer that cannot rank two trusted attempts (both saturated), more rounds only
-    rewrite a trusted answer into copies of whichever attempt the noise ranks first."""
+    score-weighted vote over them). Runs ``rounds`` rounds, or until ``budget_tokens`` are spent.
+
+    Once the scorer trusts a problem's best attempt (score >= ``confident``) there is no doubtful step
+    left to rewrite: its next attempts start from scratch, independent evidence for the vote. (Rewriting
+    a trusted attempt mostly reproduces it; those copies stacked votes on whichever of two saturated
+    attempts the noise ranked first, and accuracy fell as rounds grew.)"""
     t0 = time.time()
     x = Expander(policy, task, problems, temperature, top_p, generator)
     first = x.complete([Partial(i) for i in range(len(problems))])
@@ -290,13 +293,15 @@ def revise(policy, task, problems: list[Problem], scorer, rounds: int = 2, budge
     max_rounds = rounds if not budget_tokens else 10_000
     r = 0
     while r < max_rounds:
-        active = [i for i in range(len(problems)) if (not budget_tokens or x.tokens[i] < budget_tokens)
-                  and (confident is None or best[i][1] < confident)]
+        active = [i for i in range(len(problems)) if not budget_tokens or x.tokens[i] < budget_tokens]
         if not active:
             break
-        # step prefixes of each active best attempt, scored in one call
+        fresh = {i for i in active if confident is not None and best[i][1] >= confident}
+        # step prefixes of each best attempt to revise, scored in one call
         prefixes, owner = [], []
         for i in active:
+            if i in fresh:
+                continue
             p = best[i][0]
             cut = [j + 1 for j, t in enumerate(p.ids) if t == x.sep]
             for c in cut:
@@ -307,7 +312,7 @@ def revise(policy, task, problems: list[Problem], scorer, rounds: int = 2, budge
         for i in active:
             mine = [(q, s) for q, s, o in zip(prefixes, ps, owner) if o == i]
             # keep everything before the lowest-scored prefix's last step (empty: restart)
-            if mine:
+            if mine and i not in fresh:
                 j = min(range(len(mine)), key=lambda k: (mine[k][1], k))
                 starts[i] = mine[j - 1][0] if j > 0 else Partial(i)
             else:
