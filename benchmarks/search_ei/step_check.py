@@ -1,6 +1,6 @@
 """How many of the solutions expert iteration keeps (final answer right) also have every step right?
 
-    OMP_NUM_THREADS=1 python benchmarks/search_ei/step_check.py <policy dir> <prm dir>
+    OMP_NUM_THREADS=1 python benchmarks/search_ei/step_check.py <policy dir> <prm dir> [task recipe]
 
 Runs the recipe's MCTS (PRM, 8 simulations, width 4, max_depth 3, T=1) on 128 fresh training problems.
 """
@@ -12,7 +12,7 @@ from warmstart.engine.eval import _load_policy
 from warmstart.search.strategies import SearchConfig, run_search
 from warmstart.search.scorers import make_scorer
 from warmstart.tasks.arithmetic import evaluate_chain
-task = build_task("recipes/search-expert-iteration.yaml")
+task = build_task(sys.argv[3] if len(sys.argv) > 3 else "recipes/search-expert-iteration.yaml")
 pol = _load_policy(Path(sys.argv[1]), task)
 probs = task.sample_problems(128, torch.Generator().manual_seed(7))
 prm = make_scorer("prm", task, prm=sys.argv[2])
