@@ -25,3 +25,23 @@ def tiny_policy_factory():
         return make_lm_policy(cfg, seed=seed)
 
     return make
+
+
+class CountingPolicy:
+    """Wraps a policy and records how many rows each sampler call gets (``calls``)."""
+
+    def __init__(self, policy):
+        self.policy, self.calls = policy, []
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def sample(self, prompts, *a, **k):
+        self.calls.append(len(prompts))
+        return self.policy.sample(prompts, *a, **k)
+
+
+@pytest.fixture(scope="session")
+def counting_policy():
+    """``counting_policy(policy)``: the policy, recording the batch size of every sampler call."""
+    return CountingPolicy

@@ -179,18 +179,6 @@ def test_per_turn_to_tokens_fill():
 # ------------------------------------------------------------------------------------- rollout loop
 
 
-class _CountingPolicy:
-    def __init__(self, policy):
-        self.p, self.calls = policy, []
-
-    def __getattr__(self, k):
-        return getattr(self.p, k)
-
-    def sample(self, prompts, *a, **k):
-        self.calls.append(len(prompts))
-        return self.p.sample(prompts, *a, **k)
-
-
 class _EchoTask:
     """A general multi-turn task: ends after turn 1 for problem 'stop', else answers 'ok' up to 3 turns."""
 
@@ -203,8 +191,8 @@ class _EchoTask:
         return TurnResult(rewards={"r": float(turn)}, message="ok")
 
 
-def test_multi_turn_rollout_is_batched_and_masks_environment(tiny_policy_factory):
-    policy = _CountingPolicy(tiny_policy_factory(seed=0))
+def test_multi_turn_rollout_is_batched_and_masks_environment(tiny_policy_factory, counting_policy):
+    policy = counting_policy(tiny_policy_factory(seed=0))
     probs = [Problem("go", "1"), Problem("stop", "1")]
     gen = torch.Generator().manual_seed(0)
     eps, stats = multi_turn_rollout(policy, _EchoTask(), probs, 2, temperature=1.0, generator=gen)

@@ -195,27 +195,13 @@ def test_pick_answer_value_vs_score_weighted_vote():
     assert s == 0.4 and info["answer_voted"] is None
 
 
-class _CountingPolicy:
-    """The tiny policy, recording how many rows each sampler call gets."""
-
-    def __init__(self, pol):
-        self._pol, self.rows = pol, []
-
-    def __getattr__(self, name):
-        return getattr(self._pol, name)
-
-    def sample(self, prompts, *a, **k):
-        self.rows.append(len(prompts))
-        return self._pol.sample(prompts, *a, **k)
-
-
-def test_beam_root_samples_the_whole_beam(tiny):
+def test_beam_root_samples_the_whole_beam(tiny, counting_policy):
     pol, task = tiny
     probs = task.eval_problems(3)
-    cp = _CountingPolicy(pol)
+    cp = counting_policy(pol)
     STRATEGIES["beam"](cp, task, probs, RecordingScorer(), beam_width=4, expand=2, max_depth=3,
                        generator=torch.Generator().manual_seed(0))
-    assert cp.rows[0] == 3 * 4 * 2  # not 3 * 2: the root is one beam but starts beam_width * expand lines
+    assert cp.calls[0] == 3 * 4 * 2  # not 3 * 2: the root is one beam but starts beam_width * expand lines
 
 
 def test_mcts_completes_a_partial_line_valued_above_every_answer(tiny):

@@ -83,9 +83,9 @@ class MCTS:
     ``widen``: for envs whose actions are *sampled* (reasoning steps), a node whose children are all
     fully explored is expanded again, adding the newly sampled actions it has not seen (progressive
     widening on demand); a re-sampled action adds its prior to its child's, so priors stay
-    proportional to how often each action was sampled. Without it, a root whose few sampled steps all happened to be final answers
-    would end the search however much budget is left. A re-expansion that adds nothing marks the
-    node as exhausted, so finite action sets still terminate.
+    proportional to how often each action was sampled. Without it, a root whose few sampled steps
+    all happened to be final answers would end the search however much budget is left. A
+    re-expansion that adds nothing marks the node as exhausted, so finite action sets still end.
     """
 
     def __init__(self, env: TreeEnv, simulations: int = 32, c_puct: float = 1.5, leaves_per_tree: int = 4,
@@ -98,10 +98,12 @@ class MCTS:
         self.waves = 0
         self.time_s = 0.0
 
+    def _within_depth(self, node: Node) -> bool:
+        return self.max_depth is None or node.depth < self.max_depth
+
     def _widenable(self, node: Node) -> bool:
         return (self.widen and node.expanded and node.can_widen and not node.terminal
-                and all(c.exhausted for c in node.children)
-                and (self.max_depth is None or node.depth < self.max_depth))
+                and all(c.exhausted for c in node.children) and self._within_depth(node))
 
     def _select(self, root: Node) -> tuple[Node, list[Node]]:
         node, path = root, [root]
@@ -113,8 +115,7 @@ class MCTS:
         return node, path
 
     def _expandable(self, node: Node) -> bool:
-        return (not node.expanded and not node.terminal
-                and (self.max_depth is None or node.depth < self.max_depth)) or self._widenable(node)
+        return (not node.expanded and not node.terminal and self._within_depth(node)) or self._widenable(node)
 
     def search(self, root_states: list) -> list[Node]:
         t0 = time.time()

@@ -63,9 +63,9 @@ def pick_answer(x: Expander, task, cands: list[tuple[Partial, float]], final: st
     ``'value'``: the best-scored one. ``'vote'``: the answer with the largest summed score wins (with
     equal scores, a majority vote); ties go to the answer the policy is surest of (its best mean
     log-prob); the best-scored candidate with that answer is returned. ``weights`` (default 1) count
-    a candidate several times: a tree node that stands for several identical samples votes for each. Summing is what keeps a weak
-    scorer from being over-optimised: as candidates multiply, one confidently wrong outlier can win an
-    arg-max, but rarely outweighs the evidence of several agreeing candidates.
+    a candidate several times: a tree node that stands for several identical samples votes for each.
+    Summing is what keeps a weak scorer from being over-optimised: as candidates multiply, one
+    confidently wrong outlier can win an arg-max, but rarely outweighs several agreeing candidates.
     Returns the chosen candidate and ``info`` (``votes``, ``answer_voted`` when voting).
     """
     if final == "vote":
@@ -197,19 +197,19 @@ def beam_search(policy, task, problems: list[Problem], scorer, beam_width: int =
 
 
 def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int = 32, width: int = 4,
-                leaves_per_tree: int = 4, c_puct: float = 1.5, value: str = "scorer", final: str = "vote", widen: bool = True,
-                max_depth: int | None = None, max_step_tokens: int = 16, budget_tokens: int | None = None,
-                temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
+                leaves_per_tree: int = 4, c_puct: float = 1.5, value: str = "scorer", final: str = "vote",
+                widen: bool = True, max_depth: int | None = None, max_step_tokens: int = 16,
+                budget_tokens: int | None = None, temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
     """MCTS over reasoning steps, all trees searched together (one sampler call and one scorer call
     per wave). Stops a tree after ``simulations`` or once it has sampled ``budget_tokens``. Steps
     are sampled, so a fully explored node samples more (``widen``, see :class:`MCTS`).
 
     The answer comes from the tree's complete nodes (:func:`pick_answer`: the best-valued one, or
-    the vote in which each node's value counts once per sample it stands for), or is the end of the most-visited path (``final='visits'``). When an
-    unexpanded partial node is valued above every complete one (a small budget stopped the tree
-    before its best line reached an answer), it is completed by sampling and joins the candidates:
-    otherwise a cheap, low-valued answer would win only because it is finished. Completions' tokens
-    count. Tree statistics go to ``info``."""
+    the vote in which each node's value counts once per sample it stands for), or is the end of the
+    most-visited path (``final='visits'``). When an unexpanded partial node is valued above every
+    complete one (a small budget stopped the tree before its best line reached an answer), it is
+    completed by sampling and joins the candidates: otherwise a cheap, low-valued answer would win
+    only because it is finished. Completions' tokens count. Tree statistics go to ``info``."""
     from warmstart.search.mcts import MCTS, ReasoningStepEnv, iter_nodes, most_visited_path, tree_stats
 
     t0 = time.time()
