@@ -81,7 +81,7 @@ def main() -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     ckpt = sft_checkpoint(run_dir)
 
-    from warmstart.search.cli import SearchSession, paired_change, plot_scaling
+    from warmstart.engine.search_cli import SearchSession, paired_change, plot_scaling
 
     s = SearchSession(ckpt, args.recipe, n=args.n, sets=args.task_set, temperature=args.temperature)
     g = s.greedy()

@@ -1,11 +1,11 @@
-"""The shared policy-gradient math (learn/core.py) against hand-computed values."""
+"""The shared policy-gradient math (warmstart/functional.py) against hand-computed values."""
 
 import math
 
 import pytest
 import torch
 
-from warmstart.learn.core import (
+from warmstart.functional import (
     aggregate_loss,
     clipped_surrogate,
     group_advantages,

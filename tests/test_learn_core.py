@@ -1,4 +1,4 @@
-"""learn/core.py against hand-computed values.
+"""warmstart/functional.py against hand-computed values.
 
 Sections are kept apart so that both learners' authors can add tests here: the vector-side
 (PPO/PDPPO, issue 3) tests are the ``test_vector_*`` functions below.
@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from warmstart.learn.core import clipped_surrogate, gae, kl_estimate, value_loss
+from warmstart.functional import clipped_surrogate, gae, kl_estimate, value_loss
 
 # ------------------------------------------------------------------ vector side: GAE, value loss
 

@@ -16,9 +16,9 @@ from warmstart.learn.multi_turn import (
     shape_turn_rewards,
     turn_returns,
 )
-from warmstart.rollout.multi_turn import TurnResult, multi_turn_rollout, self_correction_metrics
-from warmstart.tasks.base import Problem
-from warmstart.tasks.self_correct import SelfCorrectArithmetic, SelfCorrectConfig, worked_solution
+from warmstart.rollout import Sampling, rollout
+from warmstart.tasks.base import Problem, TurnResult
+from warmstart.tasks.self_correct import SelfCorrectArithmetic, SelfCorrectConfig, self_correction_metrics, worked_solution
 
 
 def two_turn_episode(r1: float, r2: float, group: int = 0, p: int = 2, n1: int = 3, n_env: int = 2, n2: int = 4) -> Episode:
@@ -141,13 +141,15 @@ def test_shared_reference_is_the_first_stage_start_across_phases_and_resume(tiny
     policy = tiny_policy_factory(seed=0)
     base = {k: v.clone() for k, v in policy.model.state_dict().items()}
 
+    from warmstart.artifacts import Artifacts
+
     def phase(ctx, **kw):
         ph = MultiTurnPhase.__new__(MultiTurnPhase)
         ph.cfg = MultiTurnConfig(max_turns=2, **kw)
-        ph.ctx, ph.policy, ph.model, ph.ref_model = ctx, policy, policy.model, None
+        ph.ctx, ph.policy, ph.reference = ctx, policy, None
         return ph
 
-    ctx = SimpleNamespace(extras={}, run_dir=tmp_path)
+    ctx = SimpleNamespace(artifacts=Artifacts(tmp_path / "artifacts"))
     stage1 = phase(ctx, beta=0.01, turn_beta=[0.1, 0.0], reference="shared")
     stage1.on_start(0)
     with torch.no_grad():  # "training" in Stage I moves the policy
@@ -155,18 +157,19 @@ def test_shared_reference_is_the_first_stage_start_across_phases_and_resume(tiny
             p.add_(0.5)
     stage2 = phase(ctx, beta=0.01, reference="shared")
     stage2.on_start(0)
-    assert stage2.ref_model is stage1.ref_model
-    for k, v in stage2.ref_model.state_dict().items():
+    assert stage2.reference is stage1.reference
+    for k, v in stage2.reference.state_dict().items():
         assert torch.equal(v, base[k])
-    assert not any(p.requires_grad for p in stage2.ref_model.parameters())
+    assert not any(p.requires_grad for p in stage2.reference.parameters())
     # the default keeps the per-phase reference (the policy at this phase's start)
-    per_phase = phase(SimpleNamespace(extras={}, run_dir=None), beta=0.01)
+    per_phase = phase(SimpleNamespace(artifacts=Artifacts()), beta=0.01)
     per_phase.on_start(0)
-    assert torch.equal(next(per_phase.ref_model.parameters()), next(policy.model.parameters()))
-    # resume into Stage II from a phase-boundary checkpoint: nothing in memory, the file has the base
-    resumed = phase(SimpleNamespace(extras={}, run_dir=tmp_path), beta=0.01, reference="shared")
+    assert torch.equal(next(per_phase.reference.parameters()), next(policy.model.parameters()))
+    # resume into Stage II from a phase-boundary checkpoint: nothing in memory, the store on disk has the base
+    resumed = phase(SimpleNamespace(artifacts=Artifacts(tmp_path / "artifacts")), beta=0.01, reference="shared")
     resumed.on_start(0)
-    for k, v in resumed.ref_model.state_dict().items():
+    assert resumed.reference is not stage1.reference
+    for k, v in resumed.reference.state_dict().items():
         assert torch.equal(v, base[k])
 
 
@@ -195,7 +198,7 @@ def test_multi_turn_rollout_is_batched_and_masks_environment(tiny_policy_factory
     policy = counting_policy(tiny_policy_factory(seed=0))
     probs = [Problem("go", "1"), Problem("stop", "1")]
     gen = torch.Generator().manual_seed(0)
-    eps, stats = multi_turn_rollout(policy, _EchoTask(), probs, 2, temperature=1.0, generator=gen)
+    eps, stats = rollout(policy, probs, task=_EchoTask(), samples=2, sampling=Sampling(4, 1.0), generator=gen)
     assert policy.calls == [4, 4, 2]  # one sample call per turn for all active episodes
     env_ids = policy.encode("ok")
     for e in eps:

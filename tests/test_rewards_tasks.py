@@ -61,10 +61,51 @@ def test_reward_set_weights_and_failure_reported_once(capsys):
     eps = rs.score([ep("#7"), ep("#1"), ep("#7")])
     assert [e.reward for e in eps] == [2.0, 0.0, 2.0]
     assert all(e.rewards["broken"] is None for e in eps)
-    out = capsys.readouterr().out
-    assert out.count("reward 'broken' raised RuntimeError") == 1 and "boom" in out
+    err = capsys.readouterr().err
+    assert err.count("reward 'broken' failed (RuntimeError: boom)") == 1
     m = rs.metrics(eps)
     assert m["reward/correct"] == pytest.approx(2 / 3) and m["reward_failures/broken"] == 3
+
+
+def two_turns(t1="#3", t2="#7"):
+    e = Episode(prompt="p", prompt_ids=[1], info={"answer": "7"})
+    e.add_turn([5, 6], [0.0, 0.0], t1)
+    e.add_env([9])
+    e.add_turn([7], [0.0], t2)
+    return e
+
+
+def test_batched_and_per_turn_reward_terms():
+    from warmstart.episode import collate, turn_reward_matrix
+    from warmstart.rewards import batched
+
+    @batched
+    def longest(eps):  # TRL-style: the whole batch in, one value per episode out
+        n = max(len(e.text) for e in eps)
+        return [float(len(e.text) == n) for e in eps]
+
+    def per_turn(e):  # one value per policy turn
+        return [0.5 * (k + 1) for k in range(len(e.turns))]
+
+    rs = RewardSet([longest, per_turn], ["longest", "per_turn"], [1.0, 2.0])
+    a, b = two_turns("#3", "#7"), two_turns("12;#3", "#7")
+    rs.score([a, b])
+    assert a.rewards["longest"] == 0.0 and b.rewards["longest"] == 1.0
+    # per-turn values, times the weight, land in their turn; the episode total adds them up
+    assert [t["per_turn"] for t in a.turn_rewards] == [1.0, 2.0]
+    assert a.rewards["per_turn"] == 1.5 and a.info["episode_reward"] == 0.0 and a.reward == 3.0
+    assert b.reward == 1.0 + 3.0
+    assert turn_reward_matrix([a, b]).tolist() == [[1.0, 2.0], [1.0, 2.0]]
+    batch = collate([a, b], pad_id=0, pad_to_multiple=1)
+    assert batch.turn_index[0].tolist() == [0, 0, -1, 1]  # turn k's tokens carry index k
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "x", [1.0]])
+def test_non_finite_or_malformed_reward_values_are_failures(bad, capsys):
+    rs = RewardSet([lambda e: bad, lambda e: 1.0], ["bad", "ok"], [1.0, 1.0])
+    (e,) = rs.score([two_turns()])  # [1.0] is one value for an episode of two turns
+    assert e.rewards["bad"] is None and e.reward == 1.0
+    assert rs.failures == {"bad": 1} and "reward 'bad' failed" in capsys.readouterr().err
 
 
 def test_chain_arithmetic_solutions_verify_and_splits_are_disjoint():

@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from warmstart.search import MCTS, STRATEGIES, keep_top_k
+from warmstart.registry import SEARCH
+from warmstart.search import MCTS, beam_search, keep_top_k, mcts_search, revise, run_search
 from warmstart.search.base import Partial
 from warmstart.search.mcts import best_action, most_visited_path, tree_stats
 from warmstart.tasks.arithmetic import ChainArithmetic, ChainArithmeticConfig
@@ -155,13 +156,16 @@ def test_beam_keeps_top_k_of_each_depth(tiny):
     pol, task = tiny
     probs = task.eval_problems(3)
     sc = RecordingScorer()
-    res = STRATEGIES["beam"](pol, task, probs, sc, beam_width=2, expand=3, max_depth=3, final="value",
+    res = beam_search(pol, task, probs, sc, beam_width=2, expand=3, max_depth=3, final="value",
                              generator=torch.Generator().manual_seed(0))
+    checked = 0
     for depth, (problems, texts, scores) in enumerate(sc.calls[:3]):
         for i, p in enumerate(probs):
             mine = sorted((s for q, s in zip(problems, scores) if q is p), reverse=True)
-            if mine:
+            if mine:  # a problem whose beams all finished earlier is not scored at this depth
                 assert res.episodes[i].info["beam_scores"][depth] == [round(s, 4) for s in mine[:2]]
+                checked += 1
+    assert checked >= len(probs)  # at least the root depth of every problem was checked
     for e in res.episodes:  # the answer is the best-scored finished candidate
         assert e.info["score"] == max(c.info["score"] for c in res.candidates[probs.index(next(p for p in probs if p.prompt == e.prompt))])
 
@@ -199,7 +203,7 @@ def test_beam_root_samples_the_whole_beam(tiny, counting_policy):
     pol, task = tiny
     probs = task.eval_problems(3)
     cp = counting_policy(pol)
-    STRATEGIES["beam"](cp, task, probs, RecordingScorer(), beam_width=4, expand=2, max_depth=3,
+    beam_search(cp, task, probs, RecordingScorer(), beam_width=4, expand=2, max_depth=3,
                        generator=torch.Generator().manual_seed(0))
     assert cp.calls[0] == 3 * 4 * 2  # not 3 * 2: the root is one beam but starts beam_width * expand lines
 
@@ -211,7 +215,7 @@ def test_mcts_completes_a_partial_line_valued_above_every_answer(tiny):
     def prefer_partial(problems, texts):  # partial lines (ending at a step) look better than any answer
         return [0.9 if t.endswith(task.step_separator) else 0.1 for t in texts]
 
-    res = STRATEGIES["mcts"](pol, task, probs, prefer_partial, simulations=1, width=4, leaves_per_tree=1,
+    res = mcts_search(pol, task, probs, prefer_partial, simulations=1, width=4, leaves_per_tree=1,
                              generator=torch.Generator().manual_seed(0))
     checked = 0
     for e, cs in zip(res.episodes, res.candidates):
@@ -227,23 +231,45 @@ def test_mcts_completes_a_partial_line_valued_above_every_answer(tiny):
     assert all(len(e.ids) > 0 for e in res.episodes)
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+SMALL_KNOBS = {"best_of_n": {"n": 3}, "vote": {"n": 3}, "weighted_vote": {"n": 3}, "beam": {"beam_width": 2},
+               "mcts": {"simulations": 4}, "revise": {"rounds": 1}}
+
+
+def test_every_registered_strategy_is_tested():
+    assert sorted(SEARCH.kinds()) == sorted(SMALL_KNOBS)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_KNOBS))
 def test_strategies_count_tokens(tiny, name):
     from warmstart.search.scorers import VerifierScorer
 
     pol, task = tiny
     probs = task.eval_problems(2)
-    res = STRATEGIES[name](pol, task, probs, VerifierScorer(task), n=3, simulations=4, rounds=1, beam_width=2,
-                           generator=torch.Generator().manual_seed(1))
+    cfg = SEARCH.get(name).config(strategy=name, **SMALL_KNOBS[name])
+    res = run_search(pol, task, probs, VerifierScorer(task), cfg, torch.Generator().manual_seed(1))
     assert len(res.episodes) == 2 and all(t > 0 for t in res.tokens)
     for e, t in zip(res.episodes, res.tokens):
-        assert e.info["generated_tokens"] == t and e.info["strategy"].endswith(name.split("_")[-1])
+        assert e.info["generated_tokens"] == t and e.info["strategy"] == name
         e.check()
         assert len(e.ids) == len(e.logprobs) > 0
     if name in ("best_of_n", "vote", "weighted_vote"):
         assert res.tokens == [sum(len(c.ids) for c in cs) for cs in res.candidates]
+        assert all(len(cs) == 3 for cs in res.candidates)
     if name == "mcts":
         assert res.episodes[0].info["tree"]["root_visits"] == 4 and res.stats["expansions"] > 0
+
+
+def test_misspelled_search_knob_is_a_recipe_error():
+    from warmstart.errors import ConfigError
+    from warmstart.search import search_config
+
+    assert search_config({"strategy": "mcts", "simulations": 5}).simulations == 5
+    with pytest.raises(ValueError, match="'simulatons' is not a knob of strategy 'mcts'. Did you mean 'simulations'"):
+        search_config({"strategy": "mcts", "simulatons": 5})
+    with pytest.raises(ValueError, match="'n' is not a knob of strategy 'beam'"):
+        search_config({"strategy": "beam", "n": 5})  # best_of_n's knob, not beam's
+    with pytest.raises(ConfigError, match="unknown search strategy kind 'mtcs'. Did you mean 'mcts'"):
+        search_config({"strategy": "mtcs"})
 
 
 def test_mcts_token_budget(tiny):
@@ -251,9 +277,9 @@ def test_mcts_token_budget(tiny):
 
     pol, task = tiny
     probs = task.eval_problems(2)
-    small = STRATEGIES["mcts"](pol, task, probs, ConstantScorer(), budget_tokens=40, width=2, leaves_per_tree=1,
+    small = mcts_search(pol, task, probs, ConstantScorer(), budget_tokens=40, width=2, leaves_per_tree=1,
                                generator=torch.Generator().manual_seed(0))
-    big = STRATEGIES["mcts"](pol, task, probs, ConstantScorer(), budget_tokens=160, width=2, leaves_per_tree=1,
+    big = mcts_search(pol, task, probs, ConstantScorer(), budget_tokens=160, width=2, leaves_per_tree=1,
                              generator=torch.Generator().manual_seed(0))
     for res, b in ((small, 40), (big, 160)):  # a tree stops near its budget, or when nothing is left to expand
         assert all(t >= b // 2 or e.info["tree"]["exhausted"] for t, e in zip(res.tokens, res.episodes))
@@ -264,7 +290,7 @@ def test_mcts_token_budget(tiny):
 
 
 def test_prm_step_labels_hand_made():
-    from warmstart.rewards.models import mc_step_labels, split_steps
+    from warmstart.learn.reward_models import mc_step_labels, split_steps
 
     task = ChainArithmetic(ChainArithmeticConfig(n_terms=3, n_demos=1, n_test=1), split="test")
     # 4*7+6 = 8+6 = 4 (mod 10). A right first step, then a wrong second one.
@@ -344,11 +370,11 @@ def test_recipe_smoke(root, tmp_path, recipe):
     r, raw = load_recipe(root / "recipes" / f"{recipe}.yaml", smoke=True)
     s = run_recipe(r, raw, run_dir=tmp_path / recipe, smoke=True, quiet=True)
     assert s["final"]["n"] == 8
-    assert (tmp_path / recipe / "reward_models" / "prm" / "reward_head.safetensors").exists()
+    assert (tmp_path / recipe / "artifacts" / "prm" / "reward_head.safetensors").exists()
 
 
 def test_paired_change_hand_computed():
-    from warmstart.search.cli import paired_change
+    from warmstart.engine.search_cli import paired_change
 
     d, se = paired_change({"correct": "1100"}, {"correct": "1011"})  # per-problem diffs 0, -1, +1, +1
     assert d == pytest.approx(0.25) and se == pytest.approx((2.75 / 3 / 4) ** 0.5)
@@ -396,7 +422,7 @@ def test_revise_starts_afresh_once_the_scorer_trusts_the_answer():
     later = {}
     for conf in (0.95, None):
         pol = ScriptedPolicy()
-        res = STRATEGIES["revise"](pol, task, probs, trusted, rounds=2, confident=conf)
+        res = revise(pol, task, probs, trusted, rounds=2, confident=conf)
         assert all(e.info["rounds"] == 2 for e in res.episodes)
         later[conf] = [p for call in pol.calls[1:] for p in call]
     bare = [pol.encode_prompt(p.prompt) for p in probs]

@@ -87,7 +87,7 @@ def test_vector_ppo_learns_cartpole():
     rows = []
     for i in range(cfg.steps):
         torch.manual_seed(i)
-        rows.append(phase.step(i))
+        rows.append(phase.step(i, i))
     first = rows[2]["episodic_return"]
     last = rows[-1]["episodic_return"]
     assert first < 40  # random CartPole lasts ~22 steps
@@ -126,10 +126,10 @@ def test_vector_resume_is_exact(name, tmp_path, monkeypatch):
 
     real_step = PPOPhase.step
 
-    def crash_at_4(self, global_step):
+    def crash_at_4(self, step, global_step):
         if global_step == 3:  # after the checkpoint at step 2 and one more step
             raise KeyboardInterrupt
-        return real_step(self, global_step)
+        return real_step(self, step, global_step)
 
     monkeypatch.setattr(PPOPhase, "step", crash_at_4)
     recipe, raw = load_recipe(ROOT / "recipes" / f"{name}.yaml", sets, smoke=True)

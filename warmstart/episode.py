@@ -46,6 +46,15 @@ class Episode:
     reward: float = 0.0
     group: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    # what a vision-language (or any multimodal) policy consumes besides tokens: the prompt's images
+    # (PIL images or arrays; the policy's processor turns them into tensors) and named per-episode
+    # tensors. Text-only runs leave them empty and nothing downstream changes.
+    images: list[Any] = field(default_factory=list)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def turn_reward_total(self) -> float:
+        """Sum of every turn's reward terms (None counts 0)."""
+        return sum(v for terms in self.turn_rewards for v in terms.values() if v is not None)
 
     def add_turn(self, ids: list[int], logprobs: list[float], text: str = "") -> None:
         """Append a policy turn (tokens that get a loss)."""
@@ -92,6 +101,8 @@ class TokenBatch:
     turn_index: torch.Tensor
     rewards: torch.Tensor  # (B,) total reward per episode
     groups: torch.Tensor  # (B,)
+    images: list[list[Any]] | None = None  # per row, the episode's images (None for a text-only batch)
+    tensors: dict[str, torch.Tensor] | None = None  # per-episode tensors stacked along a new dim 0 (B, ...)
 
     @property
     def num_action_tokens(self) -> int:
@@ -127,7 +138,24 @@ def collate(episodes: list[Episode], pad_id: int, pad_to_multiple: int = 8) -> T
                 turn_idx[b, p - 1 + s0 : p - 1 + s1] = k
     rewards = torch.tensor([float(e.reward) for e in episodes], dtype=torch.float32)
     groups = torch.tensor([e.group for e in episodes], dtype=torch.long)
-    return TokenBatch(input_ids, attention, action, old_lp, turn_idx, rewards, groups)
+    images = [list(e.images) for e in episodes] if any(e.images for e in episodes) else None
+    tensors = None
+    if any(e.tensors for e in episodes):
+        keys = set(episodes[0].tensors)
+        if any(set(e.tensors) != keys for e in episodes):
+            raise ValueError("collate(): every episode must carry the same named tensors")
+        tensors = {k: torch.stack([e.tensors[k] for e in episodes]) for k in sorted(keys)}
+    return TokenBatch(input_ids, attention, action, old_lp, turn_idx, rewards, groups, images, tensors)
+
+
+def turn_reward_matrix(episodes: list[Episode], num_turns: int | None = None) -> torch.Tensor:
+    """(B, K) sum of each turn's reward terms (None counts 0); turns an episode never took are 0."""
+    K = num_turns or max((len(e.turns) for e in episodes), default=0)
+    out = torch.zeros(len(episodes), K)
+    for b, e in enumerate(episodes):
+        for k, terms in enumerate(e.turn_rewards[:K]):
+            out[b, k] = sum(v for v in terms.values() if v is not None)
+    return out
 
 
 def length_buckets(lengths: list[int], max_buckets: int = 4, pad_to: int = 8, overhead: int = 256) -> list[list[int]]:

@@ -14,3 +14,12 @@ class ConfigError(WarmstartError):
 
 class DataError(WarmstartError):
     """A task file or dataset that cannot be read or has the wrong shape."""
+
+
+def warn(message: str) -> None:
+    """Print a one-paragraph warning for the user (on stderr: stdout stays the run's own output).
+
+    User text in ``message`` is printed literally, never read as terminal markup."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ Runs the recipe's MCTS (PRM, 8 simulations, width 4, max_depth 3, T=1) on 128 fr
 import sys, re, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from warmstart.search.cli import build_task
+from warmstart.engine.search_cli import build_task
 from warmstart.engine.eval import _load_policy
 from warmstart.search.strategies import SearchConfig, run_search
 from warmstart.search.scorers import make_scorer

@@ -121,7 +121,7 @@ def search(
     out: Optional[Path] = typer.Option(None, "--out", help="write the result row as JSON"),
 ):
     """Test-time search with one strategy at one token budget; prints accuracy and throughput."""
-    from warmstart.search.cli import search_main
+    from warmstart.engine.search_cli import search_main
 
     try:
         row = search_main(checkpoint, task, strategy, budget, scorer, n, set_ or [], orm, prm, temperature)
@@ -147,7 +147,7 @@ def scaling(
     temperature: float = typer.Option(0.8, "--temperature", help="sampling temperature"),
 ):
     """Accuracy vs generated tokens for every search strategy at several budgets (JSON + plot)."""
-    from warmstart.search.cli import scaling_main
+    from warmstart.engine.search_cli import scaling_main
 
     try:
         scaling_main(checkpoint, task, out, [int(b) for b in budgets.split(",")] if budgets else None,

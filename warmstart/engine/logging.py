@@ -8,6 +8,8 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -30,14 +32,15 @@ _SHOWN = ("loss", "reward", "accuracy", "episodic_return", "tokens_per_s", "sps"
 
 
 class _Bar:
-    def __init__(self, progress: Progress | None, task_id):
+    def __init__(self, progress: Progress | None, task_id, keys: tuple[str, ...] = ()):
         self.progress, self.task_id = progress, task_id
+        self.keys = tuple(keys) or _SHOWN
 
     def advance(self, metrics: dict) -> None:
         if self.progress is None:
             return
         shown = []
-        for k in _SHOWN:
+        for k in self.keys:
             for key, v in metrics.items():
                 if (key == k or key.endswith("/" + k)) and isinstance(v, (int, float)):
                     shown.append(f"{key}={v:.4g}")
@@ -72,7 +75,7 @@ class MetricsLogger:
     def write(self, row: dict) -> None:
         clean = {}
         for k, v in row.items():
-            if hasattr(v, "item"):
+            if isinstance(v, (torch.Tensor, np.generic)):  # 0-d tensors and numpy scalars
                 v = v.item()
             if isinstance(v, float) and not math.isfinite(v):
                 v = None if math.isnan(v) else v
@@ -102,7 +105,8 @@ class MetricsLogger:
             self._tb.close()
 
     @contextlib.contextmanager
-    def progress(self, label: str, total: int, completed: int = 0, quiet: bool = False):
+    def progress(self, label: str, total: int, completed: int = 0, quiet: bool = False, keys: tuple[str, ...] = ()):
+        """A progress bar for one phase; ``keys`` are the phase's key metrics shown beside it."""
         if quiet or total == 0:
             yield _Bar(None, None)
             return
@@ -118,7 +122,7 @@ class MetricsLogger:
         )
         with prog:
             tid = prog.add_task(label, total=total, completed=completed, info="")
-            yield _Bar(prog, tid)
+            yield _Bar(prog, tid, keys)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -138,8 +142,10 @@ _CURVES = (
 )
 
 
-def plot_curves(run_dir: Path) -> Path | None:
-    """Plot the run's main curves (one panel per metric, one line per phase) to ``curves.png``."""
+def plot_curves(run_dir: Path, keys: tuple[str, ...] | list[str] = ()) -> Path | None:
+    """Plot the run's main curves (one panel per metric, one line per phase) to ``curves.png``:
+    the phases' own key metrics (``keys``) first, then the usual ones."""
+    curves = tuple(dict.fromkeys([*keys, *_CURVES]))
     rows = read_metrics(run_dir)
     if not rows:
         return None
@@ -154,17 +160,21 @@ def plot_curves(run_dir: Path) -> Path | None:
         if phase == "eval":
             phase = "eval"
         for k, v in r.items():
-            base = k.split("/")[-1]
-            if base in _CURVES and isinstance(v, (int, float)) and not isinstance(v, bool):
+            name = k if k in curves else k.split("/")[-1]
+            if name in curves and isinstance(v, (int, float)) and not isinstance(v, bool):
                 series.setdefault(k, {}).setdefault(phase, []).append((r["step"], v))
-    keys = [k for k in sorted(series, key=lambda k: (_CURVES.index(k.split("/")[-1]), k))][:12]
-    if not keys:
+
+    def rank(k: str) -> tuple:
+        return (curves.index(k if k in curves else k.split("/")[-1]), k)
+
+    panels = sorted(series, key=rank)[:12]
+    if not panels:
         return None
-    n = len(keys)
+    n = len(panels)
     cols = min(3, n)
     nrows = math.ceil(n / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), squeeze=False)
-    for ax, k in zip(axes.flat, keys):
+    for ax, k in zip(axes.flat, panels):
         for phase, pts in series[k].items():
             xs, ys = zip(*pts)
             ax.plot(xs, ys, marker="o" if len(xs) < 15 else None, ms=3, label=phase)

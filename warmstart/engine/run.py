@@ -1,8 +1,11 @@
 """The run loop: build the pieces a recipe names, run its phases, evaluate, checkpoint, resume.
 
 Glue only -- no algorithm lives here. A *phase* is any registered learner (SFT, GRPO, PPO ...)
-implementing :class:`Phase`; the engine calls ``step(global_step)`` ``cfg.steps`` times, logs what
-it returns, checkpoints the policy (Hugging Face format) plus the phase's state, and evaluates.
+implementing :class:`~warmstart.contracts.Phase`; the engine checks what each phase ``requires``
+of the task and policy before anything is written, then calls ``step(step, global_step)``
+``cfg.steps`` times (``step`` counts within the phase), logs what it returns, checkpoints the policy
+(Hugging Face format) plus the phase's state, and evaluates. What phases hand each other goes
+through the run's artifacts store (``ctx.artifacts``, saved in ``<run>/artifacts``).
 
 Determinism: before every step the engine reseeds torch/numpy/random from ``(seed, global step)``
 and hands the phase a fresh ``torch.Generator`` seeded the same way, so a resumed run draws the same
@@ -18,28 +21,21 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
+from warmstart.artifacts import Artifacts
+from warmstart.contracts import check_requirements
 from warmstart.engine.config import Recipe, dump_config
 from warmstart.engine.logging import MetricsLogger, console, plot_curves, print_summary_table, quiet_hf
 from warmstart.errors import WarmstartError
 from warmstart.registry import PHASES, POLICIES, REWARDS, TASKS
+from warmstart.rewards import RewardSet
+from warmstart.rollout.evaluate import evaluate
 
 STATE_FILE = "trainer_state.pt"
-
-
-class Phase(Protocol):
-    """What a learner registered in ``PHASES`` provides. Constructed as ``factory(cfg, ctx)``."""
-
-    def step(self, step: int) -> dict[str, float]: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
 
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
     """A distinct, reproducible seed for every (run seed, global step, salt)."""
@@ -54,18 +50,19 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class RunContext:
-    """Everything a phase may touch: the recipe, the policy, the tasks, the reward terms, the run
-    directory and the logger. Built by :func:`build_context` before anything is written to disk."""
+    """Everything a phase may touch: the recipe, the policy, the tasks, the reward terms, the
+    artifacts store, the run directory and the logger. Built by :func:`build_context` before
+    anything is written to disk."""
 
     recipe: Recipe
     policy: Any
     task: Any
     eval_task: Any
-    rewards: Any  # warmstart.rewards.RewardSet
+    rewards: RewardSet
     run_dir: Path | None = None
     logger: MetricsLogger | None = None
     smoke: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
+    artifacts: Artifacts = field(default_factory=Artifacts)
 
     @property
     def seed(self) -> int:
@@ -75,7 +72,7 @@ class RunContext:
         return torch.Generator().manual_seed(step_seed(self.seed, step, salt))
 
     def evaluate(self) -> dict[str, Any]:
-        return self.eval_task.evaluate(self.policy, self.recipe.eval, self)
+        return evaluate(self.policy, self.eval_task, self.recipe.eval, self.rewards)
 
 
 def build_context(recipe: Recipe, smoke: bool = False) -> RunContext:
@@ -85,10 +82,12 @@ def build_context(recipe: Recipe, smoke: bool = False) -> RunContext:
     eval_cfg = recipe.eval_task or recipe.task
     eval_task = TASKS.get(eval_cfg.kind).factory(eval_cfg, split="test", seed=recipe.seed)
     policy = POLICIES.get(recipe.policy.kind).factory(recipe.policy, task=task, seed=recipe.seed)
-    from warmstart.rewards import RewardSet
-
     terms = [REWARDS.get(r.kind).factory(r) for r in recipe.rewards]
     rewards = RewardSet(terms, [r.label for r in recipe.rewards], [r.weight for r in recipe.rewards])
+    # what each phase needs of the task and policy, checked once, before anything runs
+    for p in recipe.phases:
+        entry = PHASES.get(p.kind)
+        check_requirements(f"phase '{p.label}' ({p.kind})", entry.requires, {"task": task, "policy": policy})
     return RunContext(recipe=recipe, policy=policy, task=task, eval_task=eval_task, rewards=rewards, smoke=smoke)
 
 
@@ -181,6 +180,7 @@ def run_recipe(
     run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
     prepare_run_dir(run_dir, raw, resume)
     ctx.run_dir = run_dir
+    ctx.artifacts.attach(run_dir / "artifacts")
     _clean_temp(run_dir)
 
     phases_cfg = recipe.phases
@@ -216,13 +216,12 @@ def run_recipe(
         for pi in range(start_phase, len(phases)):
             pcfg, phase = phases_cfg[pi], phases[pi]
             first = start_step if pi == start_phase else 0
-            if hasattr(phase, "on_start"):
-                phase.on_start(first)
-            with ctx.logger.progress(pcfg.label, pcfg.steps, first, quiet=quiet) as bar:
+            phase.on_start(first)
+            with ctx.logger.progress(pcfg.label, pcfg.steps, first, quiet=quiet, keys=phase.key_metrics) as bar:
                 for k in range(first, pcfg.steps):
                     seed_everything(step_seed(recipe.seed, global_step))
                     ts = time.time()
-                    metrics = phase.step(global_step)
+                    metrics = phase.step(k, global_step)
                     global_step += 1
                     row = {"step": global_step, "phase": pcfg.label, "phase_step": k + 1, **metrics}
                     row["time_step_s"] = round(time.time() - ts, 4)
@@ -234,8 +233,7 @@ def run_recipe(
                     every = recipe.checkpoint.every
                     if every and global_step % every == 0 and k + 1 < pcfg.steps:
                         _checkpoint(ctx, global_step, pi, k + 1, phase, evals)
-            if hasattr(phase, "on_end"):
-                phase.on_end()
+            phase.on_end()
             evals[pcfg.label] = _evaluate(ctx, pcfg.label, global_step, quiet)
             # phase boundary: the next phase starts fresh from this policy
             _checkpoint(ctx, global_step, pi + 1, 0, None, evals)
@@ -262,7 +260,7 @@ def run_recipe(
     tmp.write_text(json.dumps(summary, indent=2, default=float))
     os.replace(tmp, run_dir / "summary.json")
     ctx.logger.close()
-    plot_curves(run_dir)
+    plot_curves(run_dir, [k for p in phases for k in p.key_metrics])
     if not quiet:
         print_summary_table(summary)
         console.print(f"run directory: [bold]{run_dir}[/]")

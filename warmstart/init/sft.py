@@ -7,16 +7,16 @@ it. Batches are drawn from the step's seeded generator, so resuming needs no dat
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from warmstart.engine.config import PhaseConfig
-from warmstart.episode import Episode, collate, length_buckets
+from warmstart.config import PhaseConfig
+from warmstart.contracts import HasDemoEpisodes
 from warmstart.errors import DataError
 from warmstart.learn.optim import OptimizerPhase, Schedule, lr_at, make_adamw, set_lr
+from warmstart.learn.supervised import demo_episodes, sft_update
 from warmstart.registry import PHASES
 
 
@@ -33,44 +33,10 @@ class SFTConfig(PhaseConfig):
     data: str = Field("task", description="'task' (the task's demonstrations) or a JSONL path with prompt/solution")
 
 
-def demo_episodes(policy, pairs: list[tuple[str, str]]) -> list[Episode]:
-    """Turn (prompt, completion) pairs into episodes whose completion (+EOS) is the policy's turn."""
-    eps = []
-    for prompt, completion in pairs:
-        e = Episode(prompt=prompt, prompt_ids=policy.encode_prompt(prompt))
-        ids = policy.encode(completion) + ([policy.eos_id] if policy.eos_id is not None else [])
-        e.add_turn(ids, [0.0] * len(ids), completion)
-        eps.append(e)
-    return eps
-
-
-def sft_update(policy, opt, episodes: list[Episode], max_grad_norm: float = 1.0, max_buckets: int = 4) -> dict:
-    """One optimizer step of next-token cross-entropy on the policy tokens of ``episodes`` (prompt
-    and environment tokens are context only). Used by every learner that imitates episodes: SFT,
-    expert iteration, STaR / Pair-SFT. The batch runs as length-bucketed micro-batches whose losses
-    are normalised by the whole batch's token count, so the gradient equals the unsplit one."""
-    t0 = time.time()
-    policy.model.train()
-    opt.zero_grad(set_to_none=True)
-    n_tok = sum(sum(e.action_mask) for e in episodes)
-    total, ntok = 0.0, 0
-    for bucket in length_buckets([len(e.prompt_ids) + len(e.ids) for e in episodes], max_buckets):
-        batch = collate([episodes[i] for i in bucket], policy.pad_id)
-        lp = policy.forward_logprobs(batch.input_ids, batch.attention_mask)  # (b, T-1)
-        loss = -(lp * batch.action_mask).sum() / max(n_tok, 1)
-        loss.backward()
-        total += loss.item()
-        ntok += int(batch.attention_mask.sum())
-    gnorm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), max_grad_norm)
-    opt.step()
-    dt = time.time() - t0
-    return {"loss": total, "grad_norm": float(gnorm), "tokens": ntok, "tokens_per_s": ntok / max(dt, 1e-9)}
-
-
 class SFTPhase(OptimizerPhase):
     def __init__(self, cfg: SFTConfig, ctx):
         self.cfg, self.ctx = cfg, ctx
-        if cfg.data == "task" and hasattr(ctx.task, "demo_episodes"):
+        if cfg.data == "task" and isinstance(ctx.task, HasDemoEpisodes):
             pairs = None  # the task builds its own (e.g. multi-turn) demo episodes
         elif cfg.data == "task":
             pairs = ctx.task.demos()
@@ -84,14 +50,14 @@ class SFTPhase(OptimizerPhase):
         self.model = ctx.policy.model
         self.opt = make_adamw(self.model.parameters(), cfg.lr, cfg.weight_decay, betas=(0.9, 0.98))
 
-    def step(self, global_step: int) -> dict:
+    key_metrics = ("loss", "tokens_per_s")
+
+    def step(self, step: int, global_step: int) -> dict:
         cfg = self.cfg
-        k = self._phase_step
-        set_lr(self.opt, lr_at(k, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
+        set_lr(self.opt, lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
         gen = self.ctx.generator(global_step)
         idx = torch.randint(len(self.episodes), (cfg.batch_size,), generator=gen).tolist()
         out = sft_update(self.ctx.policy, self.opt, [self.episodes[i] for i in idx], cfg.max_grad_norm, cfg.max_buckets)
-        self._phase_step += 1
         out["lr"] = self.opt.param_groups[0]["lr"]
         return out
 

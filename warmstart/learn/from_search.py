@@ -3,7 +3,7 @@
 * ``kind: expert_iteration`` -- one step is one iteration: search on fresh training problems
   (MCTS by default, guided by the run's PRM), keep the solutions the verifier accepts, then
   ``sft_steps`` supervised updates on the pool of kept solutions (it grows across iterations).
-* ``kind: grpo_search`` -- GRPO with :meth:`GRPOPhase.collect` swapped: each problem's group is the
+* ``kind: grpo_search`` -- GRPO (the same :func:`~warmstart.learn.grpo.grpo_update`) whose episodes come from a search: each problem's group is the
   set of complete solutions the search produced (best-of-N reproduces plain GRPO; beam/MCTS give
   groups of searched solutions). Behaviour log-probs are those the sampler recorded step by step
   (same policy, same temperature), so the clipped ratio is exact.
@@ -12,38 +12,38 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
-from pydantic import Field
+from pydantic import Field, SerializeAsAny, field_validator
 
-from warmstart.engine.config import PhaseConfig
-from warmstart.episode import Episode
-from warmstart.init.sft import sft_update
-from warmstart.learn.grpo import GRPOConfig, GRPOPhase
-from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
-from warmstart.registry import PHASES
-from warmstart.search.strategies import SearchConfig, run_search
+from warmstart.config import PhaseConfig
+from warmstart.contracts import HasDemos, PhaseBase, SingleTurnTask, TokenPolicy
+from warmstart.episode import Episode, collate
+from warmstart.functional import group_advantages
+from warmstart.learn.grpo import GRPOConfig, batch_metrics, frozen_copy, grpo_update, throughput
+from warmstart.learn.optim import OptimizerPhase, Schedule, lr_at, make_adamw, set_lr
+from warmstart.learn.supervised import demo_episodes, sft_update
+from warmstart.registry import PHASES, SCORERS
+from warmstart.search.strategies import SearchConfig, run_search, search_config
 
 
 def search_scorer(cfg: SearchConfig, ctx):
-    """The scorer a search config names: a reward model from ``reward_model:``, from an earlier
-    phase of this run (``ctx.extras``), or from ``<run dir>/reward_models/<kind>``."""
-    from warmstart.search.scorers import make_scorer
-
+    """The scorer a search config names, with its reward model (if it reads one) from
+    ``reward_model:`` or from the run's artifacts store (put there by a ``train_orm``/``train_prm``
+    phase earlier in the run)."""
+    kind = cfg.scorer_kind
     rm = cfg.reward_model
-    if cfg.scorer in ("orm", "prm") and rm is None:
-        rm = ctx.extras.get(cfg.scorer)
-        if rm is None and ctx.run_dir is not None and (Path(ctx.run_dir) / "reward_models" / cfg.scorer).exists():
-            rm = str(Path(ctx.run_dir) / "reward_models" / cfg.scorer)
-    return make_scorer(cfg.scorer, ctx.task, **{cfg.scorer: rm} if cfg.scorer in ("orm", "prm") else {})
+    if rm is None and SCORERS.get(kind).config.needs_reward_model:
+        rm = ctx.artifacts.get(kind)
+    return SCORERS.get(kind).factory(ctx.task, rm)
 
 
 class ExpertIterationConfig(PhaseConfig):
     kind: str = "expert_iteration"
     steps: int = Field(4, ge=0, description="iterations (search -> filter -> SFT)")
     problems_per_iter: int = Field(128, ge=1, description="fresh training problems searched per iteration")
-    search: SearchConfig = Field(default_factory=SearchConfig, description="strategy and knobs of the search")
+    search: SerializeAsAny[SearchConfig] = Field(default_factory=lambda: search_config({}, "mcts"),
+                                                 description="strategy and knobs of the search: {strategy: mcts, ...}")
     keep_per_problem: int = Field(2, ge=1, description="distinct verified solutions kept per problem (the chosen one first)")
     accumulate: bool = Field(True, description="train on all solutions kept so far (False: this iteration's only)")
     include_demos: bool = Field(True, description="keep the task's demonstrations in the pool (no forgetting, no overfitting a small pool)")
@@ -56,21 +56,28 @@ class ExpertIterationConfig(PhaseConfig):
     max_grad_norm: float = Field(1.0, gt=0)
 
 
-class ExpertIterationPhase:
+    @field_validator("search", mode="before")
+    @classmethod
+    def _strategy_config(cls, v):
+        return search_config(v, "mcts")
+
+
+class ExpertIterationPhase(OptimizerPhase):
+    """Expert iteration: search -> keep verified solutions -> SFT on the pool, once per step."""
+
+    key_metrics = ("search_accuracy", "kept", "loss")
+
     def __init__(self, cfg: ExpertIterationConfig, ctx):
         self.cfg, self.ctx = cfg, ctx
         self.policy = ctx.policy
         self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay, betas=(0.9, 0.98))
         self.pool: list[Episode] = []
         self.demos: list[Episode] = []
-        if cfg.include_demos and hasattr(ctx.task, "demos"):
-            from warmstart.init.sft import demo_episodes
-
+        if cfg.include_demos and isinstance(ctx.task, HasDemos):
             self.demos = demo_episodes(ctx.policy, ctx.task.demos())
         self.scorer = None
-        self._k = 0
 
-    def step(self, global_step: int) -> dict:
+    def step(self, step: int, global_step: int) -> dict:
         cfg, ctx = self.cfg, self.ctx
         if self.scorer is None:
             self.scorer = search_scorer(cfg.search, ctx)
@@ -99,18 +106,14 @@ class ExpertIterationPhase:
         t1, ntok, losses = time.time(), 0, []
         total = cfg.steps * cfg.sft_steps
         for j in range(cfg.sft_steps):
-            set_lr(self.opt, lr_at(self._k * cfg.sft_steps + j, total, cfg.lr, cfg.schedule, cfg.warmup))
+            set_lr(self.opt, lr_at(step * cfg.sft_steps + j, total, cfg.lr, cfg.schedule, cfg.warmup))
             idx = torch.randint(len(data), (cfg.batch_size,), generator=gen).tolist()
             out = sft_update(self.policy, self.opt, [data[i] for i in idx], cfg.max_grad_norm)
             losses.append(out["loss"])
             ntok += out["tokens"]
-        self._k += 1
         metrics.update({"loss": sum(losses) / len(losses), "lr": self.opt.param_groups[0]["lr"],
                         "tokens_per_s": ntok / max(time.time() - t1, 1e-9)})
         return metrics
-
-    def on_start(self, first_step: int) -> None:
-        self._k = first_step
 
     def state_dict(self) -> dict:
         return {"opt": self.opt.state_dict(), "pool": self.pool}
@@ -120,7 +123,7 @@ class ExpertIterationPhase:
         self.pool = state["pool"]
 
 
-@PHASES.register("expert_iteration", ExpertIterationConfig)
+@PHASES.register("expert_iteration", ExpertIterationConfig, requires={"task": SingleTurnTask, "policy": TokenPolicy})
 def make_expert_iteration(cfg: ExpertIterationConfig, ctx) -> ExpertIterationPhase:
     """Expert iteration: search, keep verified solutions, SFT on them, repeat."""
     return ExpertIterationPhase(cfg, ctx)
@@ -128,23 +131,42 @@ def make_expert_iteration(cfg: ExpertIterationConfig, ctx) -> ExpertIterationPha
 
 class SearchGRPOConfig(GRPOConfig):
     kind: str = "grpo_search"
-    search: SearchConfig = Field(default_factory=lambda: SearchConfig(strategy="beam"),
-                                 description="strategy whose complete solutions form each problem's group")
+    search: SerializeAsAny[SearchConfig] = Field(default_factory=lambda: search_config({}, "beam"),
+                                                 description="strategy whose complete solutions form each problem's group")
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _strategy_config(cls, v):
+        return search_config(v, "beam")
 
 
-class SearchGRPOPhase(GRPOPhase):
+class SearchGRPOPhase(PhaseBase):
     """GRPO whose groups are the complete solutions of a search (at most ``group_size`` each)."""
 
-    def collect(self, global_step: int):
+    key_metrics = ("reward", "accuracy", "tokens_per_s")
+
+    def __init__(self, cfg: SearchGRPOConfig, ctx):
+        self.cfg, self.ctx, self.policy = cfg, ctx, ctx.policy
+        self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay)
+        self.reference = None
+        self.scorer = None
+
+    def on_start(self, step: int) -> None:
+        if self.cfg.beta > 0 and self.reference is None:
+            self.reference = frozen_copy(self.policy.model)
+
+    def step(self, step: int, global_step: int) -> dict:
         cfg, ctx = self.cfg, self.ctx
-        if getattr(self, "_scorer", None) is None:
-            self._scorer = search_scorer(cfg.search, ctx)
+        set_lr(self.opt, lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
+        t0 = time.time()
+        # collect: each problem's group is the set of complete solutions its search produced
+        if self.scorer is None:
+            self.scorer = search_scorer(cfg.search, ctx)
         gen = ctx.generator(global_step)
         problems = ctx.task.sample_problems(cfg.prompts_per_step, gen)
-        t0 = time.time()
         # the learner re-scores log-probs at cfg.temperature: sample at the same one
         scfg = cfg.search.model_copy(update={"temperature": cfg.temperature})
-        res = run_search(self.policy, ctx.task, problems, self._scorer, scfg, gen)
+        res = run_search(self.policy, ctx.task, problems, self.scorer, scfg, gen)
         dt = time.time() - t0
         episodes = []
         for i, cands in enumerate(res.candidates):
@@ -152,12 +174,36 @@ class SearchGRPOPhase(GRPOPhase):
             for e in group:
                 e.group = i
                 episodes.append(e)
-        ctx.rewards.score(episodes)
         ntok = sum(res.tokens)
-        return episodes, {"sample_time_s": dt, "sampled_tokens": ntok, "sample_tokens_per_s": ntok / max(dt, 1e-9)}
+        stats = {"sample_time_s": dt, "sampled_tokens": ntok, "sample_tokens_per_s": ntok / max(dt, 1e-9)}
+        # score
+        ctx.rewards.score(episodes)
+        metrics = batch_metrics(ctx.task, ctx.rewards, episodes)
+        # advantages: the group advantage on every action token
+        batch = collate(episodes, self.policy.pad_id)
+        adv = group_advantages(batch.rewards, batch.groups, cfg.advantage_scale).unsqueeze(1).expand_as(batch.old_logprobs)
+        kl_coef = torch.full_like(batch.old_logprobs, cfg.beta)
+        # update
+        upd = grpo_update(self.policy, self.opt, batch, adv, kl_coef, self.reference, cfg, ctx.generator(global_step, salt=1))
+        metrics.update(upd)
+        metrics["lr"] = self.opt.param_groups[0]["lr"]
+        metrics.update(throughput(stats, upd["trained_tokens"], t0))
+        return metrics
+
+    def state_dict(self) -> dict:
+        st = {"opt": self.opt.state_dict()}
+        if self.reference is not None:
+            st["ref"] = self.reference.state_dict()
+        return st
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        if "ref" in state:
+            self.reference = frozen_copy(self.policy.model)
+            self.reference.load_state_dict(state["ref"])
 
 
-@PHASES.register("grpo_search", SearchGRPOConfig)
+@PHASES.register("grpo_search", SearchGRPOConfig, requires={"task": SingleTurnTask, "policy": TokenPolicy})
 def make_grpo_search(cfg: SearchGRPOConfig, ctx) -> SearchGRPOPhase:
     """GRPO whose groups come from a search strategy (beam, MCTS, best-of-N ...)."""
     return SearchGRPOPhase(cfg, ctx)

@@ -1,14 +1,16 @@
 """GRPO: group-relative policy optimisation, read top to bottom.
 
-One step = sample G completions for each of ``prompts_per_step`` problems, score them, turn each
-group's rewards into advantages (centred, optionally scaled), then ``mu`` passes of clipped-ratio
-updates over minibatches, with an optional k3 KL penalty to a frozen reference. Variants from the
-literature are options, not forks: clip-higher (``eps_high``), token-level aggregation (DAPO),
-constant normalisation (Dr. GRPO), dropping groups whose rewards are all equal (DAPO's dynamic
-sampling), no std scaling (Dr. GRPO).
+One step = collect (sample G completions for each of ``prompts_per_step`` problems) -> score (the
+recipe's reward terms) -> advantages (each group's rewards centred, optionally scaled, on every
+action token) -> update (:func:`grpo_update`: ``mu`` passes of clipped-ratio updates over
+minibatches, with an optional KL penalty to a frozen reference). Variants from the literature are
+options, not forks: clip-higher (``eps_high``), token-level aggregation (DAPO), constant
+normalisation (Dr. GRPO), dropping groups whose rewards are all equal (DAPO's dynamic sampling), no
+std scaling (Dr. GRPO).
 
-The loss itself (:func:`policy_gradient_loss`) takes per-token advantages and per-token KL
-coefficients, so multi-turn learners reuse it unchanged by filling those tensors per turn.
+:func:`grpo_update` is one function of ``(policy, optimizer, batch, per-token advantages, per-token
+KL coefficients, reference, config)``: the multi-turn learner (SCoRe and its baselines) and GRPO on
+search groups are flat phases that fill those tensors their own way and call it.
 """
 
 from __future__ import annotations
@@ -19,22 +21,27 @@ import time
 import torch
 from pydantic import Field
 
-from warmstart.engine.config import PhaseConfig
+from warmstart.config import PhaseConfig
+from warmstart.contracts import PhaseBase, SingleTurnTask, TokenPolicy
 from warmstart.episode import Episode, TokenBatch, collate, length_buckets
-from warmstart.learn.core import (
+from warmstart.errors import ConfigError
+from warmstart.functional import (
     AdvantageScale,
     KLEstimator,
     LossAggregation,
     aggregate_loss,
     approx_kl,
+    clip_fraction,
     clipped_surrogate,
     group_advantages,
     group_has_signal,
     kl_estimate,
     masked_mean,
+    token_logprobs,
 )
 from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
 from warmstart.registry import PHASES
+from warmstart.rollout import Sampling, rollout
 
 
 class GRPOConfig(PhaseConfig):
@@ -96,7 +103,8 @@ def policy_gradient_loss(
     out["loss"] = loss
     with torch.no_grad():
         out["entropy"] = masked_mean(ent, mask)
-        out["clipfrac"] = masked_mean(clipped.float(), mask)
+        out["clipfrac"] = masked_mean(clip_fraction(ratio.detach(), cfg.eps_low, cfg.eps_high), mask)
+        out["clip_active"] = masked_mean(clipped.float(), mask)
         out["approx_kl"] = masked_mean(approx_kl(lp.detach(), batch.old_logprobs), mask)
         out["ratio"] = masked_mean(ratio.detach(), mask)
     return out
@@ -111,137 +119,140 @@ def frozen_copy(model):
 
 
 def reference_logprobs(ref_model, batch: TokenBatch, temperature: float) -> torch.Tensor:
-    from warmstart.learn.core import token_logprobs
-
     with torch.no_grad():
         logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
         return token_logprobs(logits, batch.input_ids[:, 1:], temperature)
 
 
-class GRPOPhase:
-    """The GRPO learner as an engine phase. ``collect`` is the only place episodes come from, so a
-    subclass (multi-turn, search-generated groups) replaces it and keeps the update."""
+def grpo_update(policy, optimizer, batch: TokenBatch, advantages: torch.Tensor, kl_coef: torch.Tensor,
+                reference, cfg: GRPOConfig, generator: torch.Generator | None = None) -> dict[str, float]:
+    """The GRPO update: ``cfg.mu`` passes of clipped policy-gradient minibatch steps over ``batch``.
 
-    needs_recipe_rewards = True  # False in subclasses whose episodes carry their own (per-turn) rewards
+    ``advantages`` and ``kl_coef`` are (B, T-1), one value per target token (single-turn GRPO puts
+    the group advantage on every action token; multi-turn learners fill them per turn). ``reference``
+    is the frozen KL reference model (None: no KL term). Rows of groups without signal are dropped
+    first when ``cfg.drop_uniform_groups``. Each minibatch runs as length-bucketed micro-batches whose
+    losses are normalised by whole-minibatch counts, so the gradient equals the unsplit one.
+    Returns the named metrics, averaged over optimizer steps (``loss*``) or over tokens (the rest).
+    """
+    keep = group_has_signal(batch.rewards, batch.groups) if cfg.drop_uniform_groups else torch.ones(len(batch.rewards), dtype=torch.bool)
+    metrics: dict[str, float] = {"groups_with_signal": float(group_has_signal(batch.rewards, batch.groups).float().mean())}
+    idx_all = keep.nonzero().squeeze(1)
+    model = policy.model
+    t_train = time.time()
+    agg: dict[str, float] = {}
+    n_updates = 0
+    if len(idx_all) > 0:
+        model.train()
+        mb = cfg.minibatch_size or len(idx_all)
+        for _ in range(cfg.mu):
+            perm = idx_all[torch.randperm(len(idx_all), generator=generator)] if mb < len(idx_all) else idx_all
+            for s in range(0, len(perm), mb):
+                ids = perm[s : s + mb]
+                optimizer.zero_grad(set_to_none=True)
+                # whole-minibatch normalisers, so the length buckets' losses sum to its loss
+                am = batch.action_mask[ids]
+                n_seqs = float((am.sum(1) > 0).sum().clamp(min=1))
+                n_tok = float(am.sum().clamp(min=1))
+                lengths = batch.attention_mask[ids].sum(1).tolist()
+                for bucket in length_buckets(lengths, cfg.max_buckets):
+                    sub_ids = ids[bucket]
+                    sub = _select(batch, sub_ids)
+                    ref_lp = reference_logprobs(reference, sub, cfg.temperature) if reference is not None else None
+                    Tm = sub.old_logprobs.shape[1]
+                    terms = policy_gradient_loss(policy, sub, advantages[sub_ids, :Tm], cfg, kl_coef[sub_ids, :Tm], ref_lp,
+                                                 num_seqs=n_seqs, num_tokens=n_tok)
+                    terms["loss"].backward()
+                    share = float(sub.action_mask.sum()) / n_tok  # token share, for the debug means
+                    for k, v in terms.items():
+                        v = float(v.detach())
+                        agg[k] = agg.get(k, 0.0) + (v if k.startswith("loss") else v * share)
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                n_updates += 1
+                agg["grad_norm"] = agg.get("grad_norm", 0.0) + float(gnorm)
+    for k, v in agg.items():
+        metrics[k] = v / max(n_updates, 1)
+    trained_tokens = int(batch.attention_mask[idx_all].sum()) * cfg.mu if len(idx_all) else 0
+    metrics.update({"updates": n_updates, "trained_tokens": trained_tokens,
+                    "train_tokens_per_s": trained_tokens / max(time.time() - t_train, 1e-9)})
+    return metrics
+
+
+def batch_metrics(task, rewards, episodes: list[Episode]) -> dict[str, float]:
+    """What every token learner logs about its episodes: reward terms, accuracy and task shares
+    (for tasks with a verifier), mean completion length."""
+    metrics = rewards.metrics(episodes) if rewards is not None else {}
+    if isinstance(task, SingleTurnTask):
+        metrics["accuracy"] = sum(task.is_correct(e.text, e.info["answer"]) for e in episodes) / len(episodes)
+        metrics.update(task.episode_metrics([e.text for e in episodes]))
+    metrics["completion_tokens"] = sum(len(e.ids) for e in episodes) / len(episodes)
+    return metrics
+
+
+def throughput(stats: dict, trained_tokens: int, t0: float) -> dict[str, float]:
+    """Sampling and overall (sampled + trained) tokens/s of one step that started at ``t0``."""
+    return {"sample_tokens_per_s": stats["sample_tokens_per_s"],
+            "tokens_per_s": (stats["sampled_tokens"] + trained_tokens) / max(time.time() - t0, 1e-9)}
+
+
+class GRPOPhase(PhaseBase):
+    """Single-turn GRPO with the recipe's reward terms."""
+
+    key_metrics = ("reward", "accuracy", "kl", "tokens_per_s")
 
     def __init__(self, cfg: GRPOConfig, ctx):
-        self.cfg, self.ctx = cfg, ctx
-        self.policy = ctx.policy
-        self.model = ctx.policy.model
-        self.opt = make_adamw(self.model.parameters(), cfg.lr, cfg.weight_decay)
-        self.ref_model = None
-        self._phase_step = 0
-        if self.needs_recipe_rewards and not len(ctx.rewards):
-            from warmstart.errors import ConfigError
-
+        if not len(ctx.rewards):
             raise ConfigError(f"phase '{cfg.label}' (grpo) needs at least one reward term in the recipe's `rewards:` list.")
+        self.cfg, self.ctx, self.policy = cfg, ctx, ctx.policy
+        self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay)
+        self.reference = None
 
-    # --------------------------------------------------------------------------- episodes
-    def collect(self, global_step: int) -> tuple[list[Episode], dict]:
-        from warmstart.rollout.single_turn import rollout
+    def on_start(self, step: int) -> None:
+        if self.cfg.beta > 0 and self.reference is None:
+            self.reference = frozen_copy(self.policy.model)
 
+    def step(self, step: int, global_step: int) -> dict:
         cfg, ctx = self.cfg, self.ctx
+        set_lr(self.opt, lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
+        t0 = time.time()
+        # collect + score
         gen = ctx.generator(global_step)
         problems = ctx.task.sample_problems(cfg.prompts_per_step, gen)
-        return rollout(self.policy, problems, cfg.group_size, cfg.max_new_tokens or ctx.task.max_new_tokens,
-                       cfg.temperature, cfg.top_p, gen, ctx.rewards, cfg.sample_batch_size)
-
-    def token_advantages(self, episodes: list[Episode], batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T-1) advantages and KL coefficients. Single-turn: the episode's group advantage on
-        every action token, one KL coefficient ``beta``."""
-        adv = group_advantages(batch.rewards, batch.groups, self.cfg.advantage_scale)
-        return adv.unsqueeze(1).expand_as(batch.old_logprobs), torch.full_like(batch.old_logprobs, self.cfg.beta)
-
-    # --------------------------------------------------------------------------- one step
-    def step(self, global_step: int) -> dict:
-        cfg, ctx = self.cfg, self.ctx
-        set_lr(self.opt, lr_at(self._phase_step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
-        t0 = time.time()
-        episodes, stats = self.collect(global_step)
-        metrics = ctx.rewards.metrics(episodes)
-        if hasattr(ctx.task, "is_correct"):
-            metrics["accuracy"] = sum(ctx.task.is_correct(e.text, e.info["answer"]) for e in episodes) / len(episodes)
-        if hasattr(ctx.task, "episode_metrics"):
-            metrics.update(ctx.task.episode_metrics([e.text for e in episodes]))
-        metrics["completion_tokens"] = sum(len(e.ids) for e in episodes) / len(episodes)
-
+        sampling = Sampling(cfg.max_new_tokens or ctx.task.max_new_tokens, cfg.temperature, cfg.top_p,
+                            batch_size=cfg.sample_batch_size)
+        episodes, stats = rollout(self.policy, problems, samples=cfg.group_size, sampling=sampling, generator=gen,
+                                  rewards=ctx.rewards)
+        metrics = batch_metrics(ctx.task, ctx.rewards, episodes)
+        # advantages: the group advantage on every action token, one KL coefficient
         batch = collate(episodes, self.policy.pad_id)
-        adv, kl_coef = self.token_advantages(episodes, batch)
-        keep = torch.ones(len(episodes), dtype=torch.bool)
-        if cfg.drop_uniform_groups:
-            keep = group_has_signal(batch.rewards, batch.groups)
-        metrics["groups_with_signal"] = float(group_has_signal(batch.rewards, batch.groups).float().mean())
-        idx_all = keep.nonzero().squeeze(1)
-        t_train = time.time()
-        agg: dict[str, float] = {}
-        n_updates = 0
-        if len(idx_all) > 0:
-            self.model.train()
-            mb = cfg.minibatch_size or len(idx_all)
-            gen = ctx.generator(global_step, salt=1)
-            for _ in range(cfg.mu):
-                perm = idx_all[torch.randperm(len(idx_all), generator=gen)] if mb < len(idx_all) else idx_all
-                for s in range(0, len(perm), mb):
-                    ids = perm[s : s + mb]
-                    self.opt.zero_grad(set_to_none=True)
-                    # whole-minibatch normalisers, so the length buckets' losses sum to its loss
-                    am = batch.action_mask[ids]
-                    n_seqs = float((am.sum(1) > 0).sum().clamp(min=1))
-                    n_tok = float(am.sum().clamp(min=1))
-                    lengths = batch.attention_mask[ids].sum(1).tolist()
-                    for bucket in length_buckets(lengths, cfg.max_buckets):
-                        sub_ids = ids[bucket]
-                        sub = _select(batch, sub_ids)
-                        ref_lp = reference_logprobs(self.ref_model, sub, cfg.temperature) if self.ref_model is not None else None
-                        Tm = sub.old_logprobs.shape[1]
-                        terms = policy_gradient_loss(self.policy, sub, adv[sub_ids, :Tm], cfg, kl_coef[sub_ids, :Tm], ref_lp,
-                                                     num_seqs=n_seqs, num_tokens=n_tok)
-                        terms["loss"].backward()
-                        share = float(sub.action_mask.sum()) / n_tok  # token share, for the debug means
-                        for k, v in terms.items():
-                            v = float(v.detach())
-                            agg[k] = agg.get(k, 0.0) + (v if k.startswith("loss") else v * share)
-                    gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                    self.opt.step()
-                    n_updates += 1
-                    agg["grad_norm"] = agg.get("grad_norm", 0.0) + float(gnorm)
-        for k, v in agg.items():
-            metrics[k] = v / max(n_updates, 1)
-        self._phase_step += 1
-        dt = time.time() - t0
-        trained_tokens = int(batch.attention_mask[idx_all].sum()) * cfg.mu if len(idx_all) else 0
-        metrics.update({
-            "lr": self.opt.param_groups[0]["lr"],
-            "updates": n_updates,
-            "sample_tokens_per_s": stats["sample_tokens_per_s"],
-            "train_tokens_per_s": trained_tokens / max(time.time() - t_train, 1e-9),
-            "tokens_per_s": (stats["sampled_tokens"] + trained_tokens) / max(dt, 1e-9),
-        })
+        adv = group_advantages(batch.rewards, batch.groups, cfg.advantage_scale).unsqueeze(1).expand_as(batch.old_logprobs)
+        kl_coef = torch.full_like(batch.old_logprobs, cfg.beta)
+        # update
+        upd = grpo_update(self.policy, self.opt, batch, adv, kl_coef, self.reference, cfg, ctx.generator(global_step, salt=1))
+        metrics.update(upd)
+        metrics["lr"] = self.opt.param_groups[0]["lr"]
+        metrics.update(throughput(stats, upd["trained_tokens"], t0))
         return metrics
-
-    # --------------------------------------------------------------------------- engine hooks
-    def on_start(self, first_step: int) -> None:
-        self._phase_step = first_step
-        if self.cfg.beta > 0 and self.ref_model is None:
-            self.ref_model = frozen_copy(self.model)
 
     def state_dict(self) -> dict:
         st = {"opt": self.opt.state_dict()}
-        if self.ref_model is not None:
-            st["ref"] = self.ref_model.state_dict()
+        if self.reference is not None:
+            st["ref"] = self.reference.state_dict()
         return st
 
     def load_state_dict(self, state: dict) -> None:
         self.opt.load_state_dict(state["opt"])
         if "ref" in state:
-            self.ref_model = frozen_copy(self.model)
-            self.ref_model.load_state_dict(state["ref"])
+            self.reference = frozen_copy(self.policy.model)
+            self.reference.load_state_dict(state["ref"])
 
 
 def _select(batch: TokenBatch, idx: torch.Tensor) -> TokenBatch:
     """Rows ``idx`` of a batch, trimmed to their longest sequence (less padding, faster steps)."""
     am = batch.attention_mask[idx]
     T = min(-(-int(am.sum(1).max()) // 8) * 8, am.shape[1])
+    rows = idx.tolist()
     return TokenBatch(
         input_ids=batch.input_ids[idx, :T],
         attention_mask=am[:, :T],
@@ -250,10 +261,12 @@ def _select(batch: TokenBatch, idx: torch.Tensor) -> TokenBatch:
         turn_index=batch.turn_index[idx, : T - 1],
         rewards=batch.rewards[idx],
         groups=batch.groups[idx],
+        images=[batch.images[i] for i in rows] if batch.images is not None else None,
+        tensors={k: v[idx] for k, v in batch.tensors.items()} if batch.tensors is not None else None,
     )
 
 
-@PHASES.register("grpo", GRPOConfig)
+@PHASES.register("grpo", GRPOConfig, requires={"task": SingleTurnTask, "policy": TokenPolicy})
 def make_grpo(cfg: GRPOConfig, ctx) -> GRPOPhase:
     """Group-relative policy optimisation with the verifier rewards of the recipe."""
     return GRPOPhase(cfg, ctx)

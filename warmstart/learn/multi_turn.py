@@ -1,9 +1,9 @@
 """Multi-turn learners: GRPO / REINFORCE-with-KL over multi-turn episodes (SCoRe's stages are two
 configurations of it), and SFT on self-generated revisions (the STaR and Pair-SFT baselines).
 
-:class:`MultiTurnPhase` is a :class:`~warmstart.learn.grpo.GRPOPhase` that replaces only where
-episodes come from (:func:`~warmstart.rollout.multi_turn.multi_turn_rollout`) and how per-token
-advantages and KL coefficients are filled (from ``TokenBatch.turn_index``); the update is GRPO's.
+:class:`MultiTurnPhase` reads in run order: collect (the one rollout, with the task answering each
+turn) -> score (per-turn rewards from the task and the recipe) -> advantages (per turn, spread over
+each turn's tokens by ``TokenBatch.turn_index``) -> update (:func:`~warmstart.learn.grpo.grpo_update`).
 Per turn k of an episode (rewards r_k from the task's ``turn_rewards``)::
 
     R_k   = w_k * r_k  (+ alpha * (r_k - r_{k-1}) for k >= 1)       turn_weights, progress_bonus
@@ -21,22 +21,24 @@ start of Stage I (the SFT base), as in the paper, rather than each stage's own s
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from warmstart.engine.config import PhaseConfig
-from warmstart.episode import Episode
+from warmstart.config import PhaseConfig
+from warmstart.contracts import MultiTurnTask, PhaseBase, TokenPolicy
+from warmstart.episode import Episode, collate, turn_reward_matrix
 from warmstart.errors import ConfigError
-from warmstart.learn.core import discounted_returns, group_advantages
-from warmstart.init.sft import sft_update
-from warmstart.learn.grpo import GRPOConfig, GRPOPhase, frozen_copy
+from warmstart.functional import discounted_returns, group_advantages
+from warmstart.learn.grpo import GRPOConfig, batch_metrics, frozen_copy, grpo_update, throughput
 from warmstart.learn.optim import OptimizerPhase, Schedule, lr_at, make_adamw, set_lr
+from warmstart.learn.supervised import sft_update
 from warmstart.registry import PHASES
-from warmstart.rollout.multi_turn import multi_turn_rollout, turn_reward_matrix
+from warmstart.rollout import Sampling, rollout
+
+SHARED_REFERENCE = "shared_reference"  # artifact name of SCoRe's common KL reference
 
 
 class MultiTurnConfig(GRPOConfig):
@@ -52,9 +54,6 @@ class MultiTurnConfig(GRPOConfig):
     reference: Literal["phase", "shared"] = Field(
         "phase", description="KL reference: 'phase' = the policy at the start of this phase; 'shared' = the policy at the start "
                              "of the run's first phase with reference: shared (SCoRe: the base model for Stage I and II)")
-
-
-SHARED_REFERENCE_FILE = "reference.pt"
 
 
 def shape_turn_rewards(raw: torch.Tensor, weights: list[float] | None = None, alpha: float = 0.0) -> torch.Tensor:
@@ -85,42 +84,73 @@ def per_turn_to_tokens(values: torch.Tensor, turn_index: torch.Tensor, fill: flo
     return torch.where(turn_index >= 0, out, torch.full_like(out, fill))
 
 
-class MultiTurnPhase(GRPOPhase):
-    needs_recipe_rewards = False  # the task's per-turn rewards are enough
+class MultiTurnPhase(PhaseBase):
+    """Multi-turn REINFORCE-with-KL or GRPO with per-turn rewards, progress bonus and per-turn KL."""
+
+    key_metrics = ("reward", "turn_reward/t1", "turn_reward/t2", "kl")
 
     def __init__(self, cfg: MultiTurnConfig, ctx):
-        if not hasattr(ctx.task, "respond"):
-            raise ConfigError(f"phase '{cfg.label}' (multi_turn) needs a multi-turn task (one with respond(), e.g. "
-                              f"self_correct_arithmetic); task '{ctx.recipe.task.kind}' is single-turn.")
         if cfg.algorithm == "reinforce":
             if cfg.mu != 1 or cfg.minibatch_size is not None:
                 raise ConfigError(f"phase '{cfg.label}': algorithm 'reinforce' is on-policy (mu: 1, no minibatch_size); "
                                   "use algorithm: grpo for several passes.")
             # one on-policy pass: the ratio is 1 and clipping never binds; make that exact
             cfg = cfg.model_copy(update={"eps_low": float("inf"), "eps_high": float("inf")})
-        super().__init__(cfg, ctx)
-        self._turn_stats: dict[str, float] = {}
+        self.cfg, self.ctx, self.policy = cfg, ctx, ctx.policy
+        self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay)
+        self.reference = None
 
     @property
-    def _num_turns(self) -> int:
+    def num_turns(self) -> int:
         return self.cfg.max_turns or self.ctx.task.max_turns
 
-    def collect(self, global_step: int) -> tuple[list[Episode], dict]:
-        cfg, ctx = self.cfg, self.ctx
+    def on_start(self, step: int) -> None:
+        cfg = self.cfg
+        if self.reference is None and cfg.reference == "shared":
+            self.reference = self._shared_reference()
+        if self.reference is None and (cfg.beta > 0 or any(b > 0 for b in (cfg.turn_beta or []))):
+            self.reference = frozen_copy(self.policy.model)
+
+    def _shared_reference(self):
+        """The run's shared KL reference: the policy at the start of the first phase that asks for it,
+        kept in the run's artifacts store, so a later phase (or a resumed run) gets the same model,
+        not the policy it happens to start from."""
+        store = self.ctx.artifacts
+        if SHARED_REFERENCE in store:
+            return store.get(SHARED_REFERENCE, like=frozen_copy(self.policy.model))
+        ref = frozen_copy(self.policy.model)
+        store.put(SHARED_REFERENCE, ref)
+        return ref
+
+    def step(self, step: int, global_step: int) -> dict:
+        cfg, ctx, K = self.cfg, self.ctx, self.num_turns
+        set_lr(self.opt, lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
+        t0 = time.time()
+        # collect + score: the task answers every turn (per-turn rewards), the recipe's terms score the episode
         gen = ctx.generator(global_step)
         problems = ctx.task.sample_problems(cfg.prompts_per_step, gen)
-        eps, stats = multi_turn_rollout(self.policy, ctx.task, problems, cfg.group_size, cfg.temperature, cfg.top_p,
-                                        gen, cfg.max_turns, cfg.max_new_tokens, ctx.rewards, cfg.sample_batch_size)
-        K = self._num_turns
-        raw = turn_reward_matrix(eps, K)  # (B, K)
-        objective = self._shaped(eps, raw).sum(1)
-        for b, e in enumerate(eps):
-            e.reward = float(objective[b])  # the shaped objective, for logging and drop_uniform_groups
-        self._turn_stats = {f"turn_reward/t{k + 1}": float(raw[:, k].mean()) for k in range(K)}
+        sampling = Sampling(cfg.max_new_tokens or ctx.task.max_new_tokens, cfg.temperature, cfg.top_p,
+                            batch_size=cfg.sample_batch_size)
+        episodes, stats = rollout(self.policy, problems, task=ctx.task, samples=cfg.group_size, sampling=sampling,
+                                  generator=gen, rewards=ctx.rewards, max_turns=cfg.max_turns)
+        raw = turn_reward_matrix(episodes, K)  # (B, K)
+        shaped = self._shaped(episodes, raw)  # (B, K)
+        for b, e in enumerate(episodes):
+            e.reward = float(shaped[b].sum())  # the shaped objective, for logging and drop_uniform_groups
+        metrics = batch_metrics(ctx.task, ctx.rewards, episodes)
+        metrics.update({f"turn_reward/t{k + 1}": float(raw[:, k].mean()) for k in range(K)})
         if K >= 2:
-            self._turn_stats["improved"] = float(((raw[:, -1] > raw[:, 0])).float().mean())
-            self._turn_stats["worsened"] = float(((raw[:, -1] < raw[:, 0])).float().mean())
-        return eps, stats
+            metrics["improved"] = float((raw[:, -1] > raw[:, 0]).float().mean())
+            metrics["worsened"] = float((raw[:, -1] < raw[:, 0]).float().mean())
+        # advantages per turn, spread over each turn's tokens
+        batch = collate(episodes, self.policy.pad_id)
+        adv, kl_coef = self.token_advantages(episodes, batch)
+        # update
+        upd = grpo_update(self.policy, self.opt, batch, adv, kl_coef, self.reference, cfg, ctx.generator(global_step, salt=1))
+        metrics.update(upd)
+        metrics["lr"] = self.opt.param_groups[0]["lr"]
+        metrics.update(throughput(stats, upd["trained_tokens"], t0))
+        return metrics
 
     def _shaped(self, episodes: list[Episode], raw: torch.Tensor) -> torch.Tensor:
         """(B, K) shaped turn rewards; whole-episode terms of the recipe (if any) go to the last turn."""
@@ -129,8 +159,8 @@ class MultiTurnPhase(GRPOPhase):
         return shaped
 
     def token_advantages(self, episodes: list[Episode], batch) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
-        K = self._num_turns
+        """(B, T-1) advantages and KL coefficients: per turn A_k from the turn returns, spread by turn_index."""
+        cfg, K = self.cfg, self.num_turns
         G = turn_returns(self._shaped(episodes, turn_reward_matrix(episodes, K)), cfg.gamma)  # (B, K)
         if cfg.algorithm == "reinforce":
             groups = batch.groups if cfg.baseline == "group" else torch.zeros_like(batch.groups)
@@ -143,42 +173,23 @@ class MultiTurnPhase(GRPOPhase):
         if cfg.turn_beta:
             n = min(K, len(cfg.turn_beta))
             beta[:n] += torch.tensor(cfg.turn_beta[:n], dtype=torch.float32)
-        kl_tok = per_turn_to_tokens(beta.expand(len(episodes), K).contiguous(), batch.turn_index)
+        kl_tok = per_turn_to_tokens(beta.expand(batch.groups.shape[0], K).contiguous(), batch.turn_index)
         return adv_tok, kl_tok
 
-    def step(self, global_step: int) -> dict:
-        metrics = super().step(global_step)
-        metrics.update(self._turn_stats)
-        return metrics
+    def state_dict(self) -> dict:
+        st = {"opt": self.opt.state_dict()}
+        if self.reference is not None and self.cfg.reference != "shared":
+            st["ref"] = self.reference.state_dict()
+        return st
 
-    def on_start(self, first_step: int) -> None:
-        if self.cfg.reference == "shared" and self.ref_model is None:
-            self.ref_model = self._shared_reference()
-        super().on_start(first_step)
-        if self.ref_model is None and any(b > 0 for b in (self.cfg.turn_beta or [])):
-            self.ref_model = frozen_copy(self.model)
-
-    def _shared_reference(self):
-        """The run's shared KL reference: the policy at the start of the first phase that asks for it.
-        Kept in ``ctx.extras`` and saved once as ``<run dir>/reference.pt``, so a later phase (or a
-        resumed run) gets the same model, not the policy it happens to start from."""
-        ctx = self.ctx
-        ref = ctx.extras.get("shared_reference")
-        if ref is not None:
-            return ref
-        ref = frozen_copy(self.model)
-        path = ctx.run_dir / SHARED_REFERENCE_FILE if ctx.run_dir is not None else None
-        if path is not None and path.exists():
-            ref.load_state_dict(torch.load(path, weights_only=True))
-        elif path is not None:
-            tmp = path.with_suffix(".pt.tmp")
-            torch.save(ref.state_dict(), tmp)
-            os.replace(tmp, path)
-        ctx.extras["shared_reference"] = ref
-        return ref
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        if "ref" in state:
+            self.reference = frozen_copy(self.policy.model)
+            self.reference.load_state_dict(state["ref"])
 
 
-@PHASES.register("multi_turn", MultiTurnConfig)
+@PHASES.register("multi_turn", MultiTurnConfig, requires={"task": MultiTurnTask, "policy": TokenPolicy})
 def make_multi_turn(cfg: MultiTurnConfig, ctx) -> MultiTurnPhase:
     """Multi-turn REINFORCE-with-KL or GRPO with per-turn rewards, bonus and KL (SCoRe's stages)."""
     return MultiTurnPhase(cfg, ctx)
@@ -220,18 +231,21 @@ class RevisionSFTPhase(OptimizerPhase):
     successful revisions) or Pair-SFT (pair a wrong and a right first attempt of the same problem
     as attempt 1 -> attempt 2). Same sampling budget per step as the RL phases."""
 
+    key_metrics = ("loss", "kept")
+
     def __init__(self, cfg: RevisionSFTConfig, ctx):
-        if not hasattr(ctx.task, "respond"):
-            raise ConfigError(f"phase '{cfg.label}' (revision_sft) needs a multi-turn task such as self_correct_arithmetic.")
         self.cfg, self.ctx = cfg, ctx
         self.policy, self.model = ctx.policy, ctx.policy.model
         self.opt = make_adamw(self.model.parameters(), cfg.lr, cfg.weight_decay)
-        self._phase_step = 0
+
+    def _sampling(self) -> Sampling:
+        cfg = self.cfg
+        return Sampling(cfg.max_new_tokens or self.ctx.task.max_new_tokens, cfg.temperature, batch_size=cfg.sample_batch_size)
 
     def _star(self, problems, gen) -> tuple[list[Episode], dict]:
         cfg = self.cfg
-        eps, stats = multi_turn_rollout(self.policy, self.ctx.task, problems, cfg.group_size, cfg.temperature,
-                                        generator=gen, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sample_batch_size)
+        eps, stats = rollout(self.policy, problems, task=self.ctx.task, samples=cfg.group_size, sampling=self._sampling(),
+                             generator=gen)
         out = []
         for e in eps:
             r = [t.get("correct", 0.0) for t in e.turn_rewards]
@@ -242,8 +256,8 @@ class RevisionSFTPhase(OptimizerPhase):
 
     def _pair(self, problems, gen) -> tuple[list[Episode], dict]:
         cfg, task = self.cfg, self.ctx.task
-        eps, stats = multi_turn_rollout(self.policy, task, problems, cfg.group_size, cfg.temperature, generator=gen,
-                                        max_turns=1, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sample_batch_size)
+        eps, stats = rollout(self.policy, problems, task=task, samples=cfg.group_size, sampling=self._sampling(),
+                             generator=gen, max_turns=1)
         by_group: dict[int, list[Episode]] = {}
         for e in eps:
             by_group.setdefault(e.group, []).append(e)
@@ -257,9 +271,9 @@ class RevisionSFTPhase(OptimizerPhase):
                 out.append(revision_episode(self.policy, w.prompt, w.prompt_ids, ctx_ids, r.ids, r.turn_texts[0]))
         return out, stats
 
-    def step(self, global_step: int) -> dict:
+    def step(self, step: int, global_step: int) -> dict:
         cfg, ctx = self.cfg, self.ctx
-        set_lr(self.opt, lr_at(self._phase_step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
+        set_lr(self.opt, lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
         t0 = time.time()
         gen = ctx.generator(global_step)
         problems = ctx.task.sample_problems(cfg.prompts_per_step, gen)
@@ -268,13 +282,12 @@ class RevisionSFTPhase(OptimizerPhase):
         if train:
             out = sft_update(self.policy, self.opt, train, cfg.max_grad_norm)
             metrics.update({"loss": out["loss"], "grad_norm": out["grad_norm"]})
-        self._phase_step += 1
         metrics.update({"lr": self.opt.param_groups[0]["lr"], "sample_tokens_per_s": stats["sample_tokens_per_s"],
                         "tokens_per_s": stats["sampled_tokens"] / max(time.time() - t0, 1e-9)})
         return metrics
 
 
-@PHASES.register("revision_sft", RevisionSFTConfig)
+@PHASES.register("revision_sft", RevisionSFTConfig, requires={"task": MultiTurnTask, "policy": TokenPolicy})
 def make_revision_sft(cfg: RevisionSFTConfig, ctx) -> RevisionSFTPhase:
     """SFT on self-generated revisions: STaR (successful revisions) or Pair-SFT (wrong -> right pairs)."""
     return RevisionSFTPhase(cfg, ctx)

@@ -10,6 +10,8 @@ from typing import Literal
 
 import torch
 
+from warmstart.contracts import PhaseBase
+
 Schedule = Literal["constant", "cosine", "linear"]
 
 
@@ -40,14 +42,9 @@ def make_adamw(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, foreach=True)
 
 
-class OptimizerPhase:
-    """Engine hooks for a phase whose whole resumable state is ``self.opt`` and a step counter
-    (the schedule is a function of the step, and batches come from the step's seeded generator)."""
-
-    _phase_step = 0
-
-    def on_start(self, first_step: int) -> None:
-        self._phase_step = first_step
+class OptimizerPhase(PhaseBase):
+    """A phase whose whole resumable state is ``self.opt`` (the schedule is a function of the step,
+    and batches come from the step's seeded generator)."""
 
     def state_dict(self) -> dict:
         return {"opt": self.opt.state_dict()}

@@ -11,7 +11,7 @@ per-minibatch advantage normalisation; clipped value loss; entropy bonus; global
 clipping; optional early stop on ``target_kl``), with two deliberate differences: time-limit
 truncations bootstrap from the value of the final observation (as SB3 does; CleanRL treats them
 as terminations), and observation statistics live in the policy (so a saved policy carries them).
-The math (GAE, clipped surrogate, value loss, KL estimate) is :mod:`warmstart.learn.core`'s.
+The math (GAE, clipped surrogate, value loss, KL estimate) is :mod:`warmstart.functional`'s.
 
 **PDPPO** (Felizardo et al., METHODS.md G): ``critic: dual`` (the default of ``kind: pdppo``) adds a
 critic V_post on the post-decision state s^x_t that the env reports in
@@ -33,10 +33,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from warmstart.engine.config import PhaseConfig
+from warmstart.config import PhaseConfig
+from warmstart.contracts import ActorCriticPolicy, EnvTask, PhaseBase
 from warmstart.episode import Transitions
 from warmstart.errors import ConfigError
-from warmstart.learn.core import clipped_surrogate, explained_variance, gae, kl_estimate, normalize, value_loss
+from warmstart.functional import approx_kl, clip_fraction, clipped_surrogate, explained_variance, gae, normalize, value_loss
 from warmstart.policies.mlp import RunningMeanStd
 from warmstart.registry import PHASES
 
@@ -233,15 +234,14 @@ def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.T
             seen_idx.append(mb)
             seen_logp.append(logp.detach())
             terms.append([pg.detach(), v_loss.detach(), ent.detach()] + ([vp_loss.detach()] if dual else []))
-        if cfg.target_kl is not None and float(kl_estimate(b_logp[mb], logp.detach(), "k3").mean()) > cfg.target_kl:
+        if cfg.target_kl is not None and float(approx_kl(logp.detach(), b_logp[mb]).mean()) > cfg.target_kl:
             break
     with torch.no_grad():
         new_logp = torch.stack(seen_logp)  # (updates, mb)
         old_logp = b_logp[torch.stack(seen_idx)]
-        # KL(behaviour || current) from behaviour samples, as CleanRL's approx_kl (k3); clipfrac as
-        # CleanRL defines it: the share of samples whose ratio left [1 - eps, 1 + eps]
-        kl = kl_estimate(old_logp, new_logp, "k3").mean(-1)  # (updates,)
-        clipfrac = ((new_logp - old_logp).exp().sub(1.0).abs() > cfg.clip_coef).float().mean()
+        # approx_kl and clipfrac have one definition each across learners (warmstart.functional)
+        kl = approx_kl(new_logp, old_logp).mean(-1)  # (updates,)
+        clipfrac = clip_fraction((new_logp - old_logp).exp(), cfg.clip_coef).mean()
         t = torch.tensor([[float(v) for v in row] for row in terms]).mean(0)
     out = {"loss_policy": float(t[0]), "loss_value": float(t[1]), "entropy": float(t[2])}
     if dual:
@@ -279,15 +279,13 @@ def link_flat(params: list[torch.nn.Parameter], flat: torch.nn.Parameter) -> Non
         off += n
 
 
-class PPOPhase:
+class PPOPhase(PhaseBase):
     """The engine-facing learner: owns the envs, the optimizer and the reward scaler; its
     ``state_dict`` pickles the envs (their RNGs and episode progress) so a resume is exact."""
 
     def __init__(self, cfg: PPOConfig, ctx):
         self.cfg, self.ctx, self.policy, self.task = cfg, ctx, ctx.policy, ctx.task
-        if not hasattr(self.task, "make_envs"):
-            raise ConfigError(f"phase {cfg.label!r} (PPO) needs a Gymnasium task (task.kind: gym)")
-        if cfg.critic == "dual" and getattr(self.policy, "post_critic", None) is None:
+        if cfg.critic == "dual" and self.policy.post_critic is None:
             raise ConfigError(
                 f"phase {cfg.label!r}: critic: dual needs the policy's post-decision critic; set policy.post_critic: true"
             )
@@ -309,17 +307,17 @@ class PPOPhase:
         )
         self.scaler = RewardScaler(cfg.num_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
         self.finished: deque = deque(maxlen=cfg.return_window)
-        self.iteration = 0
 
-    def on_start(self, first_step: int) -> None:
-        self.iteration = first_step
+    key_metrics = ("episodic_return", "approx_kl", "explained_variance", "sps")
+
+    def on_start(self, step: int) -> None:
         self.policy.train()
 
-    def step(self, global_step: int) -> dict[str, float]:
+    def step(self, step: int, global_step: int) -> dict[str, float]:
         cfg = self.cfg
         t0 = time.perf_counter()
         if cfg.anneal_lr:
-            frac = 1.0 - self.iteration / max(cfg.steps, 1)
+            frac = 1.0 - step / max(cfg.steps, 1)
             for g in self.optimizer.param_groups:
                 g["lr"] = frac * g["base_lr"]
         for params, flat in zip(self._groups, self._flat):
@@ -329,12 +327,11 @@ class PPOPhase:
         adv, ret = advantages(roll, cfg)
         metrics = update(self.policy, self.optimizer, roll, adv, ret, cfg)
         t2 = time.perf_counter()
-        self.iteration += 1
         n = roll.num_steps
         metrics.update(
             episodic_return=float(np.mean(self.finished)) if self.finished else float("nan"),
             episodes=len(self.finished),
-            env_steps=self.iteration * n,
+            env_steps=(step + 1) * n,
             lr=self.optimizer.param_groups[0]["lr"],
             sps=n / (t2 - t0),
             time_rollout_s=t1 - t0,
@@ -344,7 +341,6 @@ class PPOPhase:
 
     def state_dict(self) -> dict:
         return {
-            "iteration": self.iteration,
             "optimizer": self.optimizer.state_dict(),
             "envs": pickle.dumps(self.envs),
             "next_obs": self.next_obs.clone(),
@@ -353,7 +349,6 @@ class PPOPhase:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.iteration = state["iteration"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.envs = pickle.loads(state["envs"])
         self.next_obs = state["next_obs"].clone()
@@ -365,11 +360,13 @@ class PPOPhase:
         self.envs.close()
 
 
-@PHASES.register("ppo", PPOConfig, "PPO for MLP policies on Gymnasium tasks (critic: dual for PDPPO)")
+@PHASES.register("ppo", PPOConfig, "PPO for MLP policies on Gymnasium tasks (critic: dual for PDPPO)",
+                 requires={"task": EnvTask, "policy": ActorCriticPolicy})
 def build_ppo(cfg: PPOConfig, ctx) -> PPOPhase:
     return PPOPhase(cfg, ctx)
 
 
-@PHASES.register("pdppo", PDPPOConfig, "PDPPO: PPO with a second critic on post-decision states")
+@PHASES.register("pdppo", PDPPOConfig, "PDPPO: PPO with a second critic on post-decision states",
+                 requires={"task": EnvTask, "policy": ActorCriticPolicy})
 def build_pdppo(cfg: PDPPOConfig, ctx) -> PPOPhase:
     return PPOPhase(cfg, ctx)

@@ -8,14 +8,17 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import torch
 from pydantic import Field
 
-from warmstart.engine.config import PluginConfig
+from warmstart.config import PluginConfig
 from warmstart.errors import WarmstartError
-from warmstart.learn.core import token_logprobs
+from warmstart.functional import entropy_from_logits, token_logprobs
+from warmstart.policies import POLICY_FILE
 from warmstart.policies.sampler import LlamaKVSampler, Samples, hf_sample, supports_kv_sampler
 from warmstart.registry import POLICIES
 
@@ -127,8 +130,6 @@ class LMPolicy:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # (B, T-1, V)
         lp = token_logprobs(logits, input_ids[:, 1:], temperature)
         if with_entropy:
-            from warmstart.learn.core import entropy_from_logits
-
             with torch.no_grad():
                 ent = entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
             return lp, ent
@@ -140,6 +141,9 @@ class LMPolicy:
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
+        # what this directory is, for warmstart.policies.load_policy (HF's Auto* classes ignore it)
+        (path / POLICY_FILE).write_text(json.dumps({"kind": "lm", "format": "warmstart-lm-policy",
+                                                    "chat_template": self.chat}, indent=2))
 
     def load_weights(self, path: str | Path) -> None:
         from safetensors.torch import load_file
@@ -179,7 +183,14 @@ class LMPolicy:
         return sum(p.numel() for p in self.model.parameters())
 
 
-@POLICIES.register("lm", LMPolicyConfig)
+def load_lm_policy(path: str | Path) -> LMPolicy:
+    """Reopen a saved LM policy (or any local HF causal-LM directory)."""
+    meta = Path(path) / POLICY_FILE
+    chat = json.loads(meta.read_text()).get("chat_template", True) if meta.exists() else True
+    return LMPolicy.from_pretrained(path, use_chat_template=chat)
+
+
+@POLICIES.register("lm", LMPolicyConfig, load=load_lm_policy)
 def make_lm_policy(cfg: LMPolicyConfig, task=None, seed: int = 0) -> LMPolicy:
     """A causal LM: a local HF model (`path`) or a tiny Llama with a character tokenizer."""
     if cfg.threads:

@@ -30,7 +30,7 @@ from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from warmstart.engine.config import PluginConfig
+from warmstart.config import PluginConfig
 from warmstart.registry import POLICIES
 
 CONFIG_FILE = "policy.json"  # with "kind": "mlp", which is how `warmstart eval` finds the loader
@@ -258,7 +258,7 @@ def _gaussian_logp(a: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -
     return (-0.5 * ((a - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-@POLICIES.register("mlp", MLPPolicyConfig, "MLP actor-critic for Gymnasium tasks (Discrete/MultiDiscrete/Box)")
+@POLICIES.register("mlp", MLPPolicyConfig, "MLP actor-critic for Gymnasium tasks (Discrete/MultiDiscrete/Box)", load=lambda d: MLPPolicy.load(d))
 def build_mlp_policy(cfg: MLPPolicyConfig, task: Any, seed: int) -> MLPPolicy:
     """Build the policy for a task that exposes ``observation_space`` and ``action_space``."""
     if not hasattr(task, "action_space"):
@@ -271,5 +271,3 @@ def build_mlp_policy(cfg: MLPPolicyConfig, task: Any, seed: int) -> MLPPolicy:
         torch.manual_seed(seed)
         return MLPPolicy.from_spaces(task.observation_space, task.action_space, cfg)
 
-
-build_mlp_policy.load = MLPPolicy.load  # `warmstart eval` loads saved policies through the factory

@@ -10,7 +10,7 @@ import re
 
 from pydantic import Field
 
-from warmstart.engine.config import RewardConfig
+from warmstart.config import RewardConfig
 from warmstart.episode import Episode
 from warmstart.registry import REWARDS
 from warmstart.tasks.base import extract_answer, normalize_answer

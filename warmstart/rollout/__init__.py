@@ -1,0 +1,142 @@
+"""The one rollout: problems in, episodes out. Single-turn sampling is a multi-turn episode of one turn.
+
+The loop, for a batch of episodes (``samples`` of each problem, one GRPO group per problem)::
+
+    turn 0: every episode samples its first turn        (one policy.sample call for all of them)
+            task.respond(episode, 0) -> TurnResult       (reward terms of turn 0, next message or end)
+            the message is appended with add_env          (environment tokens: no loss, no gradient)
+    turn 1: every episode still active samples again     (one call, prompts = prompt + all so far)
+    ...     until the task ends each episode or ``max_turns`` is reached
+
+A task without ``respond`` (not :class:`~warmstart.contracts.RespondsToTurns`: a single-turn task, or
+none at all) ends every episode after its first turn. Token-in, token-out: the context of turn k is exactly the
+token ids sampled and appended so far, never a re-rendered conversation. Environment messages are
+tokenised with ``policy.encode`` as plain text: a task talking to a chat model formats its message
+(role markers and all) itself.
+
+After the loop, ``rewards`` (a :class:`~warmstart.rewards.RewardSet`) scores the episodes when given:
+whole-episode terms go to ``episode.rewards``, per-turn terms to ``episode.turn_rewards[k]``, and
+``episode.reward`` = the weighted whole-episode total + every turn's reward terms.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from warmstart.contracts import RespondsToTurns
+from warmstart.episode import Episode
+from warmstart.errors import ConfigError
+
+
+@dataclass
+class Sampling:
+    """How to sample: temperature (0 = greedy), nucleus mass, per-turn limits and batching.
+
+    ``max_new_tokens`` is one limit for every turn or a list with one per turn (the last repeats),
+    e.g. a short capped first attempt and a longer revision. ``stop`` strings end a turn early (the
+    stop string is kept, as the last tokens of the turn); single-token stops end sampling at once,
+    longer ones are cut after sampling.
+    """
+
+    max_new_tokens: int | list[int] = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    batch_size: int | None = None
+
+    def limit(self, turn: int) -> int:
+        if isinstance(self.max_new_tokens, int):
+            return self.max_new_tokens
+        if not self.max_new_tokens:
+            raise ConfigError("max_new_tokens: an empty list; give one limit per turn, e.g. [16, 64].")
+        return self.max_new_tokens[min(turn, len(self.max_new_tokens) - 1)]
+
+
+def _stops(policy, stop: list[str]) -> tuple[list[int] | None, list[str]]:
+    """Split stop strings into single-token ids (the sampler stops on them) and longer strings."""
+    ids, longer = [], []
+    for s in stop:
+        enc = policy.encode(s)
+        if len(enc) == 1:
+            ids.append(enc[0])
+        else:
+            longer.append(s)
+    return (ids or None), longer
+
+
+def _cut_at_stop(policy, ids: list[int], lps: list[float], stops: list[str]) -> tuple[list[int], list[float], bool]:
+    """Keep tokens up to and including the first one at which the decoded text contains a stop string."""
+    for j in range(1, len(ids) + 1):
+        text = policy.decode(ids[:j])
+        if any(s in text for s in stops):
+            return ids[:j], lps[:j], True
+    return ids, lps, False
+
+
+def rollout(
+    policy,
+    problems: list,
+    *,
+    task=None,
+    samples: int = 1,
+    sampling: Sampling | None = None,
+    generator: torch.Generator | None = None,
+    rewards=None,
+    max_turns: int | None = None,
+    group_offset: int = 0,
+) -> tuple[list[Episode], dict]:
+    """Run ``samples`` episodes of each problem for up to ``max_turns`` policy turns (default: the
+    task's ``max_turns``, or 1 for a single-turn task), all active episodes sampling each turn in
+    one ``policy.sample`` call. Returns the episodes and timing stats (``sample_time_s``,
+    ``sampled_tokens``, ``sample_tokens_per_s``)."""
+    sampling = sampling or Sampling(max_new_tokens=task.max_new_tokens if task is not None else 64)
+    multi = isinstance(task, RespondsToTurns)
+    turns = max_turns or (task.max_turns if multi else 1)
+    stop_ids, long_stops = _stops(policy, sampling.stop) if sampling.stop else (None, [])
+    episodes: list[Episode] = []
+    for i, prob in enumerate(problems):
+        pids = policy.encode_prompt(prob.prompt)
+        images = list(prob.images)
+        for _ in range(samples):
+            episodes.append(Episode(prompt=prob.prompt, prompt_ids=list(pids), group=group_offset + i, images=images,
+                                    info={"answer": prob.answer, **prob.info}))
+    active = list(range(len(episodes)))
+    t0, ntok = time.time(), 0
+    for turn in range(turns):
+        if not active:
+            break
+        ctx_ids = [episodes[i].prompt_ids + episodes[i].ids for i in active]
+        kw = {"stop_ids": stop_ids} if stop_ids else {}
+        if any(episodes[i].images for i in active):
+            kw["images"] = [episodes[i].images for i in active]
+        out = policy.sample(ctx_ids, sampling.limit(turn), temperature=sampling.temperature, top_p=sampling.top_p,
+                            generator=generator, batch_size=sampling.batch_size, **kw)
+        still = []
+        for i, ids, lps, fin in zip(active, out.ids, out.logprobs, out.finished):
+            e = episodes[i]
+            if long_stops:
+                ids, lps, hit = _cut_at_stop(policy, list(ids), list(lps), long_stops)
+                fin = fin or hit
+            ntok += len(ids)
+            e.add_turn(ids, lps, policy.decode(ids))
+            e.info.setdefault("finished", []).append(fin)
+            if not multi:
+                continue
+            res = task.respond(e, turn)
+            e.turn_rewards[turn] = dict(res.rewards)
+            if res.done or res.message is None or turn + 1 >= turns:
+                continue
+            e.add_env(policy.encode(res.message))
+            still.append(i)
+        active = still
+    dt = time.time() - t0
+    if rewards is not None and len(rewards):
+        rewards.score(episodes)
+    else:
+        for e in episodes:
+            e.info["episode_reward"] = 0.0
+            e.reward = e.turn_reward_total()
+    return episodes, {"sample_time_s": dt, "sampled_tokens": ntok, "sample_tokens_per_s": ntok / max(dt, 1e-9)}

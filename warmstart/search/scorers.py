@@ -11,6 +11,14 @@ Texts are solutions *without* the prompt; partial ones end at a step separator.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from warmstart.config import PluginConfig
+from warmstart.errors import ConfigError
+from warmstart.registry import SCORERS
 from warmstart.tasks.base import Problem
 
 
@@ -41,22 +49,54 @@ class ConstantScorer:
         return [0.5] * len(texts)
 
 
-def make_scorer(kind: str, task, orm=None, prm=None):
-    """A scorer by name: 'verifier', 'orm', 'prm' or 'none' (reward models passed in, loaded or not)."""
-    from warmstart.errors import ConfigError
+class ScorerConfig(PluginConfig):
+    """A scorer by kind; ``reward_model`` is the ORM/PRM it reads (a loaded model or a directory)."""
 
-    if kind == "verifier":
-        return VerifierScorer(task)
-    if kind == "none":
-        return ConstantScorer()
-    if kind in ("orm", "prm"):
-        rm = orm if kind == "orm" else prm
-        if rm is None:
+    kind: str
+    reward_model: str | None = Field(None, description="directory of the reward model (orm/prm scorers)")
+
+    needs_reward_model: ClassVar[bool] = False
+
+
+class RewardModelScorerConfig(ScorerConfig):
+    needs_reward_model: ClassVar[bool] = True
+
+
+@SCORERS.register("verifier", ScorerConfig, "1.0 when the answer is right (an oracle: uses the reference)")
+def verifier_scorer(task, reward_model=None):
+    return VerifierScorer(task)
+
+
+@SCORERS.register("none", ScorerConfig, "no guidance: every candidate scores 0.5")
+def constant_scorer(task, reward_model=None):
+    return ConstantScorer()
+
+
+def _reward_model_scorer(kind: str):
+    def factory(task, reward_model=None):
+        if reward_model is None:
             raise ConfigError(f"scorer '{kind}' needs a trained {kind.upper()}: train one with a "
                               f"`kind: train_{kind}` phase, or pass its directory (--{kind} DIR / reward_model:).")
-        if isinstance(rm, str):
+        if isinstance(reward_model, (str, Path)):
             from warmstart.rewards.models import RewardModel
 
-            rm = RewardModel.load(rm)
-        return RewardModelScorer(rm)
-    raise ConfigError(f"unknown scorer {kind!r}: expected verifier, orm, prm or none.")
+            reward_model = RewardModel.load(reward_model)
+        return RewardModelScorer(reward_model)
+
+    factory.__doc__ = f"the {kind.upper()}'s probability that the (partial) solution leads to the right answer"
+    return factory
+
+
+SCORERS.register("orm", RewardModelScorerConfig)(_reward_model_scorer("orm"))
+SCORERS.register("prm", RewardModelScorerConfig)(_reward_model_scorer("prm"))
+
+
+def make_scorer(kind: str, task, orm=None, prm=None):
+    """A scorer by name: 'verifier', 'orm', 'prm' or 'none' (reward models passed in, loaded or not)."""
+    entry = SCORERS.get(kind)
+    return entry.factory(task, {"orm": orm, "prm": prm}.get(kind))
+
+
+def needs_reward_model(kind: str) -> bool:
+    """True for scorers that read a trained reward model (orm, prm)."""
+    return SCORERS.get(kind).config.needs_reward_model

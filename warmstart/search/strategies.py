@@ -15,41 +15,144 @@ leaves and samples): one sampler call per wave, one scorer call per wave.
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections import defaultdict
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from warmstart.engine.config import Strict
+from warmstart.config import Strict
+from warmstart.registry import SEARCH
 from warmstart.search.base import Expander, Partial, SearchResult
 from warmstart.tasks.base import Problem, extract_answer, normalize_answer
 
-Strategy = Literal["best_of_n", "vote", "weighted_vote", "beam", "mcts", "revise"]
-
-
 class SearchConfig(Strict):
-    strategy: Strategy = Field("mcts", description="best_of_n, vote, weighted_vote, beam, mcts or revise")
-    scorer: Literal["prm", "orm", "verifier", "none"] = Field("prm", description="what scores candidates / guides the search")
-    reward_model: str | None = Field(None, description="directory of the ORM/PRM; default: reward_models/<scorer> in the run dir")
-    budget_tokens: int | None = Field(None, ge=1, description="sampled tokens per problem; mcts/revise stop there, others size their knob from it")
-    n: int = Field(8, ge=1, description="best_of_n / vote: samples per problem")
-    beam_width: int = Field(4, ge=1, description="beam: beams kept per problem")
-    expand: int = Field(2, ge=1, description="beam: steps sampled per beam and depth")
-    simulations: int = Field(32, ge=1, description="mcts: simulations per problem")
-    width: int = Field(4, ge=1, description="mcts: steps sampled when a node is expanded")
-    leaves_per_tree: int = Field(4, ge=1, description="mcts: leaves expanded per tree per batched wave")
-    c_puct: float = Field(1.5, gt=0, description="mcts: exploration constant")
-    widen: bool = Field(True, description="mcts: sample more steps at a node whose sampled steps are all explored, while budget is left")
-    value: Literal["scorer", "rollout"] = Field("scorer", description="mcts: node value from the scorer, or from a policy rollout scored by it")
-    final: Literal["value", "vote", "visits"] = Field("vote", description="beam/mcts/revise: answer = the best-scored complete candidate ('value'), the score-weighted vote over the candidates' answers ('vote'), or (mcts) the end of the most-visited path ('visits')")
-    rounds: int = Field(2, ge=0, description="revise: revision rounds after the first attempt")
-    confident: float | None = Field(0.95, gt=0, le=1, description="revise: once a problem's best attempt scores this much, its next attempts start afresh instead of rewriting it (None: always rewrite)")
-    max_depth: int | None = Field(None, ge=1, description="beam/mcts: most steps (default: the task's limit / 4 + 2)")
-    max_step_tokens: int = Field(16, ge=1, description="longest step (tokens up to the separator)")
+    """What every strategy takes; each strategy's own config (registered with it in ``SEARCH``)
+    adds its knobs, so a misspelled knob is an error. In a recipe: ``search: {strategy: mcts,
+    simulations: 32, ...}`` (see :func:`search_config`)."""
+
+    strategy: str = Field(description="a registered strategy: best_of_n, vote, weighted_vote, beam, mcts, revise")
+    scorer: str | None = Field(None, description="what scores candidates / guides the search: prm, orm, verifier or none "
+                                                 "(default: the strategy's own default)")
+    reward_model: str | None = Field(None, description="directory of the ORM/PRM; default: the run's artifact or reward_models/<scorer>")
     temperature: float = Field(1.0, ge=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1)
+
+    default_scorer: ClassVar[str] = "prm"
+
+    @property
+    def scorer_kind(self) -> str:
+        return self.scorer or self.default_scorer
+
+    def knobs(self) -> dict:
+        """Keyword arguments of the strategy function."""
+        return self.model_dump(exclude={"strategy", "scorer", "reward_model"})
+
+    @classmethod
+    def for_budget(cls, budget_tokens: int, solution_tokens: float) -> dict:
+        """Knob settings that spend about ``budget_tokens`` per problem, given the mean length of one
+        full solution (overridden per strategy)."""
+        return {}
+
+
+class BestOfNConfig(SearchConfig):
+    strategy: str = "best_of_n"
+    n: int = Field(8, ge=1, description="samples per problem")
+    default_scorer: ClassVar[str] = "orm"
+
+    @classmethod
+    def for_budget(cls, budget_tokens, solution_tokens):
+        return {"n": max(1, int(round(max(budget_tokens / max(solution_tokens, 1.0), 1.0))))}
+
+
+class VoteConfig(BestOfNConfig):
+    strategy: str = "vote"
+    weighted: bool = Field(False, description="sum of scores per answer instead of counts")
+    default_scorer: ClassVar[str] = "none"
+
+
+class WeightedVoteConfig(VoteConfig):
+    strategy: str = "weighted_vote"
+    weighted: bool = Field(True, description="sum of scores per answer instead of counts")
+    default_scorer: ClassVar[str] = "orm"
+
+
+Final = Literal["value", "vote", "visits"]
+
+
+class StepSearchConfig(SearchConfig):
+    """Knobs of the strategies that move step by step."""
+
+    max_depth: int | None = Field(None, ge=1, description="most steps (default: the task's limit / 4 + 2)")
+    max_step_tokens: int = Field(16, ge=1, description="longest step (tokens up to the separator)")
+    final: Final = Field("vote", description="answer = the best-scored complete candidate ('value'), the score-weighted vote over "
+                                             "the candidates' answers ('vote'), or (mcts) the end of the most-visited path ('visits')")
+
+
+class BeamConfig(StepSearchConfig):
+    strategy: str = "beam"
+    beam_width: int = Field(4, ge=1, description="beams kept per problem")
+    expand: int = Field(2, ge=1, description="steps sampled per beam and depth")
+
+    @classmethod
+    def for_budget(cls, budget_tokens, solution_tokens):
+        ratio = max(budget_tokens / max(solution_tokens, 1.0), 1.0)
+        expand = 2 if ratio >= 2 else 1
+        return {"expand": expand, "beam_width": max(1, int(round(ratio / expand)))}
+
+
+class MCTSConfig(StepSearchConfig):
+    strategy: str = "mcts"
+    budget_tokens: int | None = Field(None, ge=1, description="sampled tokens per problem at which a tree stops")
+    simulations: int = Field(32, ge=1, description="simulations per problem")
+    width: int = Field(4, ge=1, description="steps sampled when a node is expanded")
+    leaves_per_tree: int = Field(4, ge=1, description="leaves expanded per tree per batched wave")
+    c_puct: float = Field(1.5, gt=0, description="exploration constant")
+    widen: bool = Field(True, description="sample more steps at a node whose sampled steps are all explored, while budget is left")
+    value: Literal["scorer", "rollout"] = Field("scorer", description="node value from the scorer, or from a policy rollout scored by it")
+
+    @classmethod
+    def for_budget(cls, budget_tokens, solution_tokens):
+        return {"budget_tokens": int(budget_tokens)}
+
+
+class ReviseConfig(SearchConfig):
+    strategy: str = "revise"
+    budget_tokens: int | None = Field(None, ge=1, description="sampled tokens per problem at which revision stops")
+    rounds: int = Field(2, ge=0, description="revision rounds after the first attempt")
+    confident: float | None = Field(0.95, gt=0, le=1, description="once a problem's best attempt scores this much, its next attempts "
+                                                                  "start afresh instead of rewriting it (None: always rewrite)")
+    final: Literal["value", "vote"] = Field("vote", description="answer = the best-scored attempt or the score-weighted vote")
+
+    @classmethod
+    def for_budget(cls, budget_tokens, solution_tokens):
+        return {"budget_tokens": int(budget_tokens)}
+
+
+def search_config(raw, default_strategy: str = "mcts") -> SearchConfig:
+    """Validate a recipe's ``search:`` block with its strategy's own config (for pydantic
+    ``mode='before'`` validators: problems are raised as ValueError with a readable message)."""
+    if isinstance(raw, SearchConfig):
+        return raw
+    raw = dict(raw or {})
+    raw.setdefault("strategy", default_strategy)
+    entry = SEARCH.get(str(raw["strategy"]))
+    try:
+        return entry.config.model_validate(raw)
+    except ValidationError as ve:
+        msgs = []
+        for err in ve.errors():
+            key = ".".join(str(x) for x in err["loc"])
+            if err["type"] == "extra_forbidden":
+                near = difflib.get_close_matches(str(err["loc"][-1]), list(entry.config.model_fields), n=1)
+                hint = f" Did you mean '{near[0]}'?" if near else ""
+                msgs.append(f"'{key}' is not a knob of strategy '{entry.kind}'.{hint} Its knobs: "
+                            f"{', '.join(sorted(entry.config.model_fields))}")
+            else:
+                msgs.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
+        raise ValueError("; ".join(msgs)) from None
 
 
 def _answer(text: str, task) -> str | None:
@@ -100,8 +203,9 @@ def _finish(x: Expander, chosen: list[Partial], scores: list[float], cands: list
     return SearchResult(eps, cand_eps, list(x.tokens), st)
 
 
+@SEARCH.register("best_of_n", BestOfNConfig)
 def best_of_n(policy, task, problems: list[Problem], scorer, n: int = 8, temperature: float = 1.0, top_p: float = 1.0,
-              generator=None, **_) -> SearchResult:
+              generator=None) -> SearchResult:
     """N independent samples per problem (one batched call); the best-scored one is the answer."""
     t0 = time.time()
     x = Expander(policy, task, problems, temperature, top_p, generator)
@@ -113,8 +217,10 @@ def best_of_n(policy, task, problems: list[Problem], scorer, n: int = 8, tempera
     return _finish(x, [c[0] for c in chosen], [c[1] for c in chosen], cands, "best_of_n", t0)
 
 
+@SEARCH.register("weighted_vote", WeightedVoteConfig, "N samples, the answer with the largest summed score wins")
+@SEARCH.register("vote", VoteConfig)
 def vote(policy, task, problems: list[Problem], scorer=None, n: int = 8, weighted: bool = False,
-         temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
+         temperature: float = 1.0, top_p: float = 1.0, generator=None) -> SearchResult:
     """Self-consistency: N samples, the most frequent answer wins (``weighted``: the answer with the
     largest summed score). The returned episode is the best-scored sample with that answer."""
     from warmstart.search.scorers import ConstantScorer
@@ -142,9 +248,10 @@ def keep_top_k(cands: list[tuple[Partial, float]], k: int) -> list[tuple[Partial
     return [cands[i] for i in order[:k]]
 
 
+@SEARCH.register("beam", BeamConfig)
 def beam_search(policy, task, problems: list[Problem], scorer, beam_width: int = 4, expand: int = 2,
                 max_depth: int | None = None, max_step_tokens: int = 16, final: str = "vote", temperature: float = 1.0,
-                top_p: float = 1.0, generator=None, **_) -> SearchResult:
+                top_p: float = 1.0, generator=None) -> SearchResult:
     """Step-level beam search: the root samples ``beam_width * expand`` first steps, then at each
     depth every live beam samples ``expand`` next steps (one batched call for all problems), the
     scorer (a PRM) scores every new prefix (one call), and each problem keeps its ``beam_width``
@@ -196,10 +303,11 @@ def beam_search(policy, task, problems: list[Problem], scorer, beam_width: int =
     return _finish(x, chosen, chosen_s, finished, "beam", t0, infos)
 
 
+@SEARCH.register("mcts", MCTSConfig)
 def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int = 32, width: int = 4,
                 leaves_per_tree: int = 4, c_puct: float = 1.5, value: str = "scorer", final: str = "vote",
                 widen: bool = True, max_depth: int | None = None, max_step_tokens: int = 16,
-                budget_tokens: int | None = None, temperature: float = 1.0, top_p: float = 1.0, generator=None, **_) -> SearchResult:
+                budget_tokens: int | None = None, temperature: float = 1.0, top_p: float = 1.0, generator=None) -> SearchResult:
     """MCTS over reasoning steps, all trees searched together (one sampler call and one scorer call
     per wave). Stops a tree after ``simulations`` or once it has sampled ``budget_tokens``. Steps
     are sampled, so a fully explored node samples more (``widen``, see :class:`MCTS`).
@@ -271,9 +379,10 @@ def mcts_search(policy, task, problems: list[Problem], scorer, simulations: int 
     return _finish(x, chosen, chosen_s, cands, "mcts", t0, infos, stats)
 
 
+@SEARCH.register("revise", ReviseConfig)
 def revise(policy, task, problems: list[Problem], scorer, rounds: int = 2, budget_tokens: int | None = None,
            final: str = "vote", confident: float | None = 0.95, temperature: float = 1.0, top_p: float = 1.0,
-           generator=None, **_) -> SearchResult:
+           generator=None) -> SearchResult:
     """Sequential revision: the policy writes a solution; each round the scorer (a PRM) scores every
     step prefix of the current best attempt, the steps before the first doubtful one (the lowest
     prefix score) are kept, and the policy rewrites the rest conditioned on them. The answer is
@@ -336,32 +445,7 @@ def default_depth(task) -> int:
     return max(2, task.max_new_tokens // 4 + 2)
 
 
-STRATEGIES = {
-    "best_of_n": best_of_n,
-    "vote": vote,
-    "weighted_vote": lambda *a, **k: vote(*a, weighted=True, **k),
-    "beam": beam_search,
-    "mcts": mcts_search,
-    "revise": revise,
-}
-
-
 def run_search(policy, task, problems: list[Problem], scorer, cfg: SearchConfig,
                generator: torch.Generator | None = None) -> SearchResult:
     """Run the strategy ``cfg`` names on ``problems`` (its knobs from ``cfg``)."""
-    kw = cfg.model_dump(exclude={"strategy", "scorer", "reward_model"})
-    return STRATEGIES[cfg.strategy](policy, task, problems, scorer, generator=generator, **kw)
-
-
-def knobs_for_budget(strategy: str, budget_tokens: int, solution_tokens: float) -> dict:
-    """Knob settings that spend about ``budget_tokens`` per problem, given the mean length of one
-    full solution. mcts and revise stop on the budget itself."""
-    ratio = max(budget_tokens / max(solution_tokens, 1.0), 1.0)
-    if strategy in ("best_of_n", "vote", "weighted_vote"):
-        return {"n": max(1, int(round(ratio)))}
-    if strategy == "beam":
-        expand = 2 if ratio >= 2 else 1
-        return {"expand": expand, "beam_width": max(1, int(round(ratio / expand)))}
-    if strategy in ("mcts", "revise"):
-        return {"budget_tokens": int(budget_tokens)}
-    raise ValueError(strategy)
+    return SEARCH.get(cfg.strategy).factory(policy, task, problems, scorer, generator=generator, **cfg.knobs())

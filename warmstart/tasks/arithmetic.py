@@ -21,7 +21,7 @@ import random
 import torch
 from pydantic import Field
 
-from warmstart.engine.config import PluginConfig
+from warmstart.config import PluginConfig
 from warmstart.registry import TASKS
 from warmstart.tasks.base import Problem, ReasoningTask
 

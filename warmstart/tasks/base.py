@@ -18,6 +18,17 @@ import torch
 
 
 @dataclass
+class TurnResult:
+    """A multi-turn task's answer to one policy turn (see :class:`warmstart.contracts.MultiTurnTask`):
+    the reward terms of that turn, and either the next environment message (``message``) or the end
+    of the episode (``done=True``)."""
+
+    rewards: dict[str, float] = field(default_factory=dict)
+    message: str | None = None
+    done: bool = False
+
+
+@dataclass
 class Problem:
     """One task instance: the prompt, the reference answer and, when known, a worked solution."""
 
@@ -25,6 +36,7 @@ class Problem:
     answer: str
     solution: str | None = None  # full completion text of a demonstration (steps + marker + answer)
     info: dict[str, Any] = field(default_factory=dict)
+    images: list[Any] = field(default_factory=list)  # PIL images or arrays shown with the prompt (VLM policies)
 
 
 _NUM_CLEAN = re.compile(r"[,\s$%]")
@@ -95,8 +107,3 @@ class ReasoningTask:
             return {}
         worked = sum(1 for t in texts if self.step_separator in t)
         return {"worked": worked / len(texts)}
-
-    def evaluate(self, policy, eval_cfg, ctx=None) -> dict:
-        from warmstart.rollout.evaluate import evaluate_reasoning
-
-        return evaluate_reasoning(policy, self, eval_cfg, rewards=getattr(ctx, "rewards", None))

@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 from pydantic import Field
 
-from warmstart.engine.config import EvalConfig, PluginConfig
+from warmstart.config import EvalConfig, PluginConfig
 from warmstart.errors import ConfigError
 from warmstart.registry import TASKS
 

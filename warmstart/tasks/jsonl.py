@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from warmstart.engine.config import PluginConfig
+from warmstart.config import PluginConfig
 from warmstart.errors import DataError
 from warmstart.registry import TASKS
 from warmstart.tasks.base import Problem, ReasoningTask

@@ -32,9 +32,8 @@ from pydantic import Field
 
 from warmstart.episode import Episode
 from warmstart.registry import TASKS
-from warmstart.rollout.multi_turn import TurnResult, multi_turn_rollout, self_correction_metrics
 from warmstart.tasks.arithmetic import ChainArithmetic, ChainArithmeticConfig, evaluate_chain
-from warmstart.tasks.base import extract_answer, normalize_answer
+from warmstart.tasks.base import TurnResult, extract_answer, normalize_answer
 
 _TOKEN = re.compile(r"\d|[+\-*]")
 
@@ -62,7 +61,7 @@ def worked_solution(prompt: str, modulus: int = 10) -> str:
 
 
 class SelfCorrectArithmetic(ChainArithmetic):
-    """Chain arithmetic with ``max_turns`` attempts (a :class:`~warmstart.rollout.multi_turn.MultiTurnTask`)."""
+    """Chain arithmetic with ``max_turns`` attempts (a :class:`~warmstart.contracts.MultiTurnTask`)."""
 
     def __init__(self, cfg: SelfCorrectConfig, split: str = "train", seed: int = 0):
         super().__init__(cfg, split, seed)
@@ -108,13 +107,7 @@ class SelfCorrectArithmetic(ChainArithmetic):
             out.append(e)
         return out
 
-    # -- evaluation: greedy attempts, Acc@t1, Acc@t2, Δ, Δ^{i→c}, Δ^{c→i}
-    def evaluate(self, policy, eval_cfg, ctx=None) -> dict:
-        problems = self.eval_problems(eval_cfg.n)
-        eps, _ = multi_turn_rollout(policy, self, problems, 1, temperature=0.0,
-                                    max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size)
-        return self.turn_metrics(eps)
-
+    # -- evaluation (greedy attempts, run by warmstart.rollout.evaluate): Acc@t1, Acc@t2, Δ, Δ^{i→c}, Δ^{c→i}
     def turn_metrics(self, episodes: list[Episode]) -> dict:
         """Self-correction metrics of finished episodes (``accuracy`` is the last attempt's)."""
         correct, changed = [], []
@@ -132,6 +125,28 @@ class SelfCorrectArithmetic(ChainArithmetic):
                                           for e in episodes) / max(len(episodes), 1)
         out["mean_tokens"] = sum(len(e.ids) for e in episodes) / max(len(episodes), 1)
         return out
+
+
+def self_correction_metrics(correct: list[list[bool]], changed: list[bool] | None = None) -> dict[str, float]:
+    """Acc@t for every turn and, with two or more turns, the SCoRe metrics between the first and
+    the last: ``delta`` = Acc@t_last - Acc@t1, ``delta_i2c`` = share of problems wrong at t1 and
+    right at the last turn, ``delta_c2i`` = right at t1 and wrong at the last turn (all shares of
+    all problems, as in the paper). ``correct[p][k]``: problem p correct at turn k. ``changed[p]``:
+    the last answer differs from the first (its share is reported as ``changed``)."""
+    n = len(correct)
+    if n == 0:
+        return {}
+    K = len(correct[0])
+    out: dict[str, float] = {}
+    for k in range(K):
+        out[f"acc@t{k + 1}"] = sum(c[k] for c in correct) / n
+    if K >= 2:
+        out["delta"] = out[f"acc@t{K}"] - out["acc@t1"]
+        out["delta_i2c"] = sum((not c[0]) and c[-1] for c in correct) / n
+        out["delta_c2i"] = sum(c[0] and not c[-1] for c in correct) / n
+    if changed is not None:
+        out["changed"] = sum(changed) / n
+    return out
 
 
 @TASKS.register("self_correct_arithmetic", SelfCorrectConfig)

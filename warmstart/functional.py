@@ -116,8 +116,17 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLEstimator = 
 
 
 def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
-    """The debug ``approx_kl`` (k3 of the update against the behaviour policy), elementwise."""
-    return kl_estimate(logp, old_logp, "k3")
+    """The debug ``approx_kl``, elementwise: the k3 estimate of KL(behaviour || current) from the
+    behaviour policy's samples, ``(r - 1) - log r`` with ``r = exp(logp - old_logp)`` (CleanRL's).
+    Every learner logs this one definition."""
+    return kl_estimate(old_logp, logp, "k3")
+
+
+def clip_fraction(ratio: torch.Tensor, eps_low: float, eps_high: float | None = None) -> torch.Tensor:
+    """The debug ``clipfrac``, elementwise (0/1): the ratio left ``[1 - eps_low, 1 + eps_high]``
+    (CleanRL's definition; whether the clipped branch was the active one is ``clip_active``)."""
+    eps_high = eps_low if eps_high is None else eps_high
+    return ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)).to(ratio.dtype)
 
 
 def aggregate_loss(

@@ -8,7 +8,8 @@ Budgets are sampled tokens per problem. best-of-N / voting / beam size their kno
 and the mean length of one solution sampled at the search temperature (not the greedy one: a policy
 whose greedy answer is short but whose samples often work the problem out would otherwise overspend
 many times over); MCTS and revision stop once a problem has spent it.
-Reward models are found in the checkpoint's run (``<run>/reward_models/{orm,prm}``) unless given.
+Reward models are found in the checkpoint's run (its artifacts ``orm`` / ``prm``) unless given; a
+sweep on a run without them runs the strategies that need none and says which it skipped and why.
 """
 
 from __future__ import annotations
@@ -19,48 +20,24 @@ from pathlib import Path
 
 import torch
 
+from warmstart.engine.eval import build_task
 from warmstart.errors import ConfigError, WarmstartError
-
-DEFAULT_SCORER = {"best_of_n": "orm", "vote": "none", "weighted_vote": "orm", "beam": "prm", "mcts": "prm", "revise": "prm"}
-
-
-def build_task(task: str, sets: list[str] | None = None):
-    """A held-out task from a kind (``chain_arithmetic``), a JSONL file or a recipe YAML."""
-    from warmstart.engine.config import apply_override, load_recipe, parse_value
-    from warmstart.registry import TASKS
-
-    p = Path(task)
-    if p.suffix in (".yaml", ".yml"):  # the recipe's (eval) task; --set changes its options
-        recipe, _ = load_recipe(p)
-        raw = (recipe.eval_task or recipe.task).model_dump()
-    else:
-        raw = {"kind": "jsonl", "path": str(p)} if p.suffix == ".jsonl" else {"kind": task}
-    for s in sets or []:
-        if "=" not in s:
-            raise ConfigError(f"--set {s!r}: expected KEY=VALUE, e.g. --set n_terms=9")
-        k, v = s.split("=", 1)
-        apply_override(raw, k, parse_value(v))
-    try:
-        tcfg = TASKS.get(raw["kind"]).config.model_validate(raw)
-    except Exception as e:
-        if isinstance(e, WarmstartError):
-            raise
-        raise ConfigError(f"--task {task}: invalid task options: {e}") from None
-    return TASKS.get(tcfg.kind).factory(tcfg, split="test", seed=0)
-
+from warmstart.policies import load_policy
+from warmstart.registry import SCORERS, SEARCH
+from warmstart.rewards.models import RewardModel, find_reward_model
+from warmstart.rollout import Sampling, rollout
+from warmstart.search.scorers import make_scorer, needs_reward_model
+from warmstart.search.strategies import run_search
 
 class SearchSession:
     """A loaded policy, task, held-out problems and reward models, reused across runs."""
 
     def __init__(self, checkpoint, task: str, n: int = 200, sets: list[str] | None = None,
                  orm: str | None = None, prm: str | None = None, temperature: float = 0.8, seed: int = 0):
-        from warmstart.engine.eval import _load_policy
-        from warmstart.rewards.models import find_reward_model
-
         if not Path(checkpoint).is_dir():
             raise WarmstartError(f"checkpoint {str(checkpoint)!r} is not a directory.")
-        self.task = build_task(task, sets)
-        self.policy = _load_policy(Path(checkpoint), self.task)
+        self.task, _ = build_task(task, sets)
+        self.policy = load_policy(checkpoint)
         self.problems = self.task.eval_problems(n)
         self.rm_paths = {"orm": orm or find_reward_model(checkpoint, "orm"), "prm": prm or find_reward_model(checkpoint, "prm")}
         self._rms: dict = {}
@@ -70,10 +47,8 @@ class SearchSession:
 
     def _one_each(self, temperature: float, generator=None) -> dict:
         """One solution per problem: accuracy, mean tokens, throughput."""
-        from warmstart.rollout.single_turn import rollout
-
         t0 = time.time()
-        eps, st = rollout(self.policy, self.problems, 1, self.task.max_new_tokens, temperature, generator=generator)
+        eps, st = rollout(self.policy, self.problems, sampling=Sampling(self.task.max_new_tokens, temperature), generator=generator)
         acc = sum(self.task.is_correct(e.text, p.answer) for e, p in zip(eps, self.problems)) / len(eps)
         return {"accuracy": acc, "tokens": st["sampled_tokens"] / len(eps),
                 "tokens_per_s": st["sample_tokens_per_s"], "time_s": time.time() - t0}
@@ -90,29 +65,40 @@ class SearchSession:
             self._greedy = self._one_each(0.0)
         return self._greedy
 
+    def missing_reward_model(self, kind: str) -> str | None:
+        """Why scorer ``kind`` cannot run here (None when it can)."""
+        if kind in SCORERS and needs_reward_model(kind) and self.rm_paths.get(kind) is None:
+            return (f"it needs a {kind.upper()} and none was found with the checkpoint (<run>/artifacts/{kind}); "
+                    f"pass --{kind} DIR or train one with a `kind: train_{kind}` phase")
+        return None
+
     def scorer(self, kind: str):
-        from warmstart.search.scorers import make_scorer
-
-        if kind in ("orm", "prm") and kind not in self._rms:
-            if self.rm_paths[kind] is None:
-                raise WarmstartError(f"no {kind.upper()} found next to the checkpoint (<run>/reward_models/{kind}); "
-                                     f"pass --{kind} DIR, train one with a `kind: train_{kind}` phase, or pick --scorer.")
-            from warmstart.rewards.models import RewardModel
-
+        SCORERS.get(kind)  # an unknown scorer is a clear error naming the known ones
+        why = self.missing_reward_model(kind)
+        if why:
+            raise WarmstartError(f"scorer '{kind}': {why}, or pick another --scorer.")
+        if needs_reward_model(kind) and kind not in self._rms:
             self._rms[kind] = RewardModel.load(self.rm_paths[kind])
         return make_scorer(kind, self.task, orm=self._rms.get("orm"), prm=self._rms.get("prm"))
 
-    def run(self, strategy: str, budget: int, scorer: str | None = None, **knobs) -> dict:
-        from warmstart.search.strategies import STRATEGIES, knobs_for_budget
+    def config(self, strategy: str, budget: int, scorer: str | None = None, **knobs):
+        """The strategy's validated config for ``budget`` tokens per problem (knobs sized from it)."""
+        if strategy not in SEARCH:
+            raise ConfigError(f"--strategy {strategy!r}: expected one of {', '.join(SEARCH.kinds())}.")
+        cls = SEARCH.get(strategy).config
+        raw = {"strategy": strategy, "scorer": scorer, "temperature": self.temperature,
+               **cls.for_budget(budget, self.solution_tokens()), **knobs}
+        try:
+            return cls.model_validate(raw)
+        except Exception as e:
+            raise ConfigError(f"--strategy {strategy}: {e}") from None
 
-        if strategy not in STRATEGIES:
-            raise ConfigError(f"--strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}.")
-        scorer = scorer or DEFAULT_SCORER[strategy]
-        kw = knobs_for_budget(strategy, budget, self.solution_tokens())
-        kw.update(knobs)
+    def run(self, strategy: str, budget: int, scorer: str | None = None, **knobs) -> dict:
+        cfg = self.config(strategy, budget, scorer, **knobs)
+        scorer = cfg.scorer_kind
+        kw = cfg.knobs()
         gen = torch.Generator().manual_seed(self.seed)
-        res = STRATEGIES[strategy](self.policy, self.task, self.problems, self.scorer(scorer),
-                                   temperature=self.temperature, generator=gen, **kw)
+        res = run_search(self.policy, self.task, self.problems, self.scorer(scorer), cfg, gen)
         correct = [int(self.task.is_correct(e.text, e.info["answer"])) for e in res.episodes]
         row = {"strategy": strategy, "scorer": scorer, "budget_tokens": budget, "accuracy": sum(correct) / len(correct),
                "generated_tokens": res.mean_tokens, "knobs": kw, "n": len(self.problems),
@@ -135,16 +121,23 @@ def search_main(checkpoint, task, strategy, budget, scorer=None, n=200, sets=Non
 
 def scaling_main(checkpoint, task, out: Path, budgets: list[int] | None = None, multiples=(1, 2, 4, 8),
                  strategies=None, n=200, sets=None, orm=None, prm=None, temperature=0.8, seed=0, log=print) -> list[dict]:
-    """Every strategy at every budget; rows to ``out`` (JSON) and a plot beside it (``.png``)."""
-    from warmstart.search.strategies import STRATEGIES
-
+    """Every strategy at every budget; rows to ``out`` (JSON) and a plot beside it (``.png``).
+    Strategies whose default scorer needs a reward model the run does not have are skipped (and
+    listed, with the reason) unless they were asked for by name."""
     s = SearchSession(checkpoint, task, n, sets, orm, prm, temperature, seed)
     g = s.greedy()
     budgets = budgets or [int(round(m * s.solution_tokens())) for m in multiples]
     rows = [{"strategy": "greedy", "scorer": "none", "budget_tokens": int(round(g["tokens"])), "accuracy": g["accuracy"],
              "generated_tokens": g["tokens"], "n": len(s.problems), "time_s": g["time_s"], "tokens_per_s": g["tokens_per_s"]}]
     log(json.dumps(rows[0]))
-    for strat in strategies or list(STRATEGIES):
+    todo = strategies or SEARCH.kinds()
+    if not strategies:
+        for strat in list(todo):
+            why = s.missing_reward_model(SEARCH.get(strat).config.default_scorer)
+            if why:
+                log(f"skipped {strat}: {why}")
+                todo.remove(strat)
+    for strat in todo:
         for b in budgets:
             rows.append(s.run(strat, b))
             log(json.dumps(rows[-1]))

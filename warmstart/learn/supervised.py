@@ -1,0 +1,44 @@
+"""Supervised updates every learner that imitates episodes shares: SFT, behaviour cloning of
+demonstrations, expert iteration, STaR / Pair-SFT."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from warmstart.episode import Episode, collate, length_buckets
+
+
+def demo_episodes(policy, pairs: list[tuple[str, str]]) -> list[Episode]:
+    """Turn (prompt, completion) pairs into episodes whose completion (+EOS) is the policy's turn."""
+    eps = []
+    for prompt, completion in pairs:
+        e = Episode(prompt=prompt, prompt_ids=policy.encode_prompt(prompt))
+        ids = policy.encode(completion) + ([policy.eos_id] if policy.eos_id is not None else [])
+        e.add_turn(ids, [0.0] * len(ids), completion)
+        eps.append(e)
+    return eps
+
+
+def sft_update(policy, opt, episodes: list[Episode], max_grad_norm: float = 1.0, max_buckets: int = 4) -> dict:
+    """One optimizer step of next-token cross-entropy on the policy tokens of ``episodes`` (prompt
+    and environment tokens are context only). Used by every learner that imitates episodes: SFT,
+    expert iteration, STaR / Pair-SFT. The batch runs as length-bucketed micro-batches whose losses
+    are normalised by the whole batch's token count, so the gradient equals the unsplit one."""
+    t0 = time.time()
+    policy.model.train()
+    opt.zero_grad(set_to_none=True)
+    n_tok = sum(sum(e.action_mask) for e in episodes)
+    total, ntok = 0.0, 0
+    for bucket in length_buckets([len(e.prompt_ids) + len(e.ids) for e in episodes], max_buckets):
+        batch = collate([episodes[i] for i in bucket], policy.pad_id)
+        lp = policy.forward_logprobs(batch.input_ids, batch.attention_mask)  # (b, T-1)
+        loss = -(lp * batch.action_mask).sum() / max(n_tok, 1)
+        loss.backward()
+        total += loss.item()
+        ntok += int(batch.attention_mask.sum())
+    gnorm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), max_grad_norm)
+    opt.step()
+    dt = time.time() - t0
+    return {"loss": total, "grad_norm": float(gnorm), "tokens": ntok, "tokens_per_s": ntok / max(dt, 1e-9)}
