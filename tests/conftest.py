@@ -45,3 +45,36 @@ class CountingPolicy:
 def counting_policy():
     """``counting_policy(policy)``: the policy, recording the batch size of every sampler call."""
     return CountingPolicy
+
+
+@pytest.fixture(scope="session")
+def sums_recipe():
+    """``sums_recipe(path, learner_phase)``: a raw recipe on answer-only sums of two digits (``3+4=`` ->
+    ``#7``), 60 problems of which only 8 carry a demo. The SFT init teaches the format, not the table
+    (near chance); a learner that finds right answers and reinforces them raises accuracy. Accuracy is
+    measured on the problems it trains on (a self-improvement test, as in STaR: a 32-wide model
+    cannot generalise a sum table from 60 facts)."""
+    import json
+    import random
+
+    def make(path, learner: dict) -> dict:
+        rows = []
+        rng = random.Random(0)
+        for i in range(60):
+            a, b = rng.randrange(10), rng.randrange(10)
+            row = {"prompt": f"{a}+{b}=", "answer": str((a + b) % 10)}
+            if i < 8:
+                row["solution"] = f"#{(a + b) % 10}"
+            rows.append(row)
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+        task = {"kind": "jsonl", "path": str(path), "test_path": str(path), "max_new_tokens": 4}
+        return {
+            "name": "sums-test", "seed": 0, "task": task,
+            "policy": {"kind": "lm", "hidden_size": 32, "num_layers": 2, "num_heads": 4, "max_position": 16},
+            "rewards": [{"kind": "exact_answer"}],
+            "phases": [{"kind": "sft", "role": "init", "steps": 40, "batch_size": 16, "lr": 5e-3, "warmup": 2}, learner],
+            "eval": {"n": 60, "samples": 1, "temperature": 0.0},
+            "checkpoint": {"every": 0},
+        }
+
+    return make

@@ -288,27 +288,18 @@ def test_task_turn_metrics_from_texts():
     assert m["changed"] == 0.5 and m["worked@t2"] == 0.25 and m["accuracy"] == m["acc@t2"]
 
 
-# ------------------------------------------------------------------------------------ recipes smoke
+# ----------------------------------------------------------------------------------------- eval
 
 
-@pytest.mark.parametrize("name", ["score", "score-star", "score-pair-sft", "score-naive-rl"])
-def test_recipe_smoke(name, root, tmp_path):
-    from warmstart.engine.config import load_recipe
-    from warmstart.engine.run import run_recipe
+def test_eval_turns_on_a_saved_policy(tiny_policy_factory, tmp_path):
+    """The eval command's --turns: two attempts on a multi-turn task; a single-turn task refuses."""
+    from warmstart.engine.config import EvalConfig
+    from warmstart.engine.eval import evaluate_checkpoint
+    from warmstart.errors import ConfigError
 
-    recipe, raw = load_recipe(root / "recipes" / f"{name}.yaml", smoke=True)
-    s = run_recipe(recipe, raw, run_dir=tmp_path / name, smoke=True, quiet=True)
-    for key in ("acc@t1", "acc@t2", "delta", "delta_i2c", "delta_c2i"):
-        assert key in s["final"] and key in s["init"]
-    assert (tmp_path / name / "final" / "config.json").exists()
-    if name == "score":  # the eval command's --turns on the saved policy
-        from warmstart.engine.config import EvalConfig
-        from warmstart.engine.eval import evaluate_checkpoint
-        from warmstart.errors import ConfigError
-
-        ev = EvalConfig(n=4, batch_size=4)
-        m, _ = evaluate_checkpoint(tmp_path / name / "final", "self_correct_arithmetic", ev,
-                                   ["n_terms=3", "n_test=4"], turns=2)
-        assert {"acc@t1", "acc@t2", "delta_i2c", "delta_c2i"} <= set(m)
-        with pytest.raises(ConfigError, match="single-turn"):
-            evaluate_checkpoint(tmp_path / name / "final", "chain_arithmetic", ev, ["n_test=4"], turns=2)
+    tiny_policy_factory(seed=0).save(tmp_path / "final")
+    ev = EvalConfig(n=4, batch_size=4)
+    m, _ = evaluate_checkpoint(tmp_path / "final", "self_correct_arithmetic", ev, ["n_terms=3", "n_test=4"], turns=2)
+    assert {"acc@t1", "acc@t2", "delta_i2c", "delta_c2i"} <= set(m) and m["n"] == 4
+    with pytest.raises(ConfigError, match="single-turn"):
+        evaluate_checkpoint(tmp_path / "final", "chain_arithmetic", ev, ["n_test=4"], turns=2)

@@ -322,55 +322,15 @@ def test_reward_model_save_load_hf(tiny, tmp_path):
 
 # -------------------------------------------------------------------------------- learning from search
 
-def ei_recipe(path):
-    """Answer-only sums of two digits (``3+4=`` -> ``#7``), 60 problems; only 8 carry a demo. SFT
-    teaches the format, not the table (near chance); expert iteration (best-of-8, verifier-filtered)
-    finds right answers and learns them. Accuracy is measured on the problems it iterates over (a
-    self-improvement test, as in STaR: a 32-wide model cannot generalise a sum table from 60 facts)."""
-    import json as _json
-
-    rows = []
-    rng = random.Random(0)
-    for i in range(60):
-        a, b = rng.randrange(10), rng.randrange(10)
-        row = {"prompt": f"{a}+{b}=", "answer": str((a + b) % 10)}
-        if i < 8:
-            row["solution"] = f"#{(a + b) % 10}"
-        rows.append(row)
-    path.write_text("\n".join(_json.dumps(r) for r in rows))
-    task = {"kind": "jsonl", "path": str(path), "test_path": str(path), "max_new_tokens": 4}
-    return {
-        "name": "ei-test", "seed": 0, "task": task,
-        "policy": {"kind": "lm", "hidden_size": 32, "num_layers": 2, "num_heads": 4, "max_position": 16},
-        "rewards": [{"kind": "exact_answer"}],
-        "phases": [
-            {"kind": "sft", "role": "init", "steps": 40, "batch_size": 16, "lr": 5e-3, "warmup": 2},
-            {"kind": "expert_iteration", "steps": 4, "problems_per_iter": 60, "sft_steps": 15, "batch_size": 32,
-             "lr": 3e-3, "search": {"strategy": "best_of_n", "scorer": "verifier", "n": 8}},
-        ],
-        "eval": {"n": 60, "samples": 1, "temperature": 0.0},
-        "checkpoint": {"every": 0},
-    }
-
-
-def test_expert_iteration_raises_accuracy(tmp_path):
+def test_expert_iteration_raises_accuracy(tmp_path, sums_recipe):
     from warmstart.engine.config import validate_recipe
     from warmstart.engine.run import run_recipe
 
-    raw = ei_recipe(tmp_path / "sums.jsonl")
+    raw = sums_recipe(tmp_path / "sums.jsonl", {"kind": "expert_iteration", "steps": 4, "problems_per_iter": 60,
+                                                 "sft_steps": 15, "batch_size": 32, "lr": 3e-3,
+                                                 "search": {"strategy": "best_of_n", "scorer": "verifier", "n": 8}})
     s = run_recipe(validate_recipe(raw), raw, run_dir=tmp_path / "ei", quiet=True)
     assert s["final"]["accuracy"] >= s["init"]["accuracy"] + 0.1, (s["init"]["accuracy"], s["final"]["accuracy"])
-
-
-@pytest.mark.parametrize("recipe", ["search-expert-iteration", "search-grpo"])
-def test_recipe_smoke(root, tmp_path, recipe):
-    from warmstart.engine.config import load_recipe
-    from warmstart.engine.run import run_recipe
-
-    r, raw = load_recipe(root / "recipes" / f"{recipe}.yaml", smoke=True)
-    s = run_recipe(r, raw, run_dir=tmp_path / recipe, smoke=True, quiet=True)
-    assert s["final"]["n"] == 8
-    assert (tmp_path / recipe / "artifacts" / "prm" / "reward_head.safetensors").exists()
 
 
 def test_paired_change_hand_computed():

@@ -95,19 +95,11 @@ def test_vector_ppo_learns_cartpole():
     assert all(np.isfinite(r["loss_value"]) and 0 <= r["clipfrac"] <= 1 for r in rows)
 
 
-@pytest.mark.parametrize("name", VECTOR_RECIPES)
-def test_vector_recipe_smoke(name, tmp_path):
-    recipe, raw = load_recipe(ROOT / "recipes" / f"{name}.yaml", smoke=True)
-    assert recipe.description
-    summary = run_recipe(recipe, raw, run_dir=tmp_path / name, smoke=True, quiet=True)
-    final = json.loads((tmp_path / name / "summary.json").read_text())["final"]
-    assert {"mean_return", "std_return"} <= set(final)
-    assert final["mean_return"] == summary["final"]["mean_return"]
-    if "lotsizing" in name:
-        assert final["mean_cost"] == pytest.approx(-final["mean_return"])
-    assert (tmp_path / name / "final" / "model.safetensors").exists()
-    MLPPolicy.load(tmp_path / name / "final")
-    rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+def test_vector_run_logs_ppo_debug_metrics(tmp_path):
+    recipe, raw = load_recipe(ROOT / "recipes" / "ppo-lotsizing.yaml", ["phases.0.steps=2", "eval.n=3"], smoke=True)
+    summary = run_recipe(recipe, raw, run_dir=tmp_path / "run", smoke=True, quiet=True)
+    assert summary["final"]["mean_cost"] == pytest.approx(-summary["final"]["mean_return"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["phase"] != "eval"]
     assert {"approx_kl", "clipfrac", "explained_variance", "episodic_return", "sps", "loss_policy",
             "loss_value", "entropy"} <= set(train[-1])

@@ -100,6 +100,9 @@ class RewardModelConfig(PhaseConfig):
     init: Literal["policy", "scratch"] = Field("policy", description="backbone: a copy of the policy's, or freshly initialised")
     artifact: str = Field("", description="name of the model in the run's artifacts store (default: orm or prm)")
     holdout: float = Field(0.1, ge=0, lt=1, description="share of examples held out to report accuracy")
+    holdout_by: Literal["example", "problem"] = Field(
+        "example", description="hold out a share of the examples, or of the problems (no prompt seen in training: "
+                               "the honest test when several samples of a problem repeat)")
 
 
 class PRMConfig(RewardModelConfig):
@@ -122,6 +125,7 @@ class RewardModelPhase(PhaseBase):
                     m.reset_parameters()
         self.opt = make_adamw(self.rm.parameters(), cfg.lr, cfg.weight_decay)
         self.data: list | None = None
+        self.n_hold = 0
         self.data_tokens = 0
 
     def _collect(self, global_step: int) -> None:
@@ -135,6 +139,13 @@ class RewardModelPhase(PhaseBase):
                                       cfg.temperature, gen, cfg.step_label == "hard")
         perm = torch.randperm(len(data), generator=gen).tolist()
         self.data = [data[i] for i in perm]
+        if cfg.holdout_by == "problem":  # held-out problems first, so data[:n_hold] is still the held-out part
+            prompts = list(dict.fromkeys(d[0] for d in self.data))
+            held = set(prompts[: int(len(prompts) * cfg.holdout)])
+            self.data = [d for d in self.data if d[0] in held] + [d for d in self.data if d[0] not in held]
+            self.n_hold = sum(d[0] in held for d in self.data)
+        else:
+            self.n_hold = int(len(self.data) * cfg.holdout)
         self.data_tokens = ntok
 
     key_metrics = ("loss", "train_acc")
@@ -147,7 +158,7 @@ class RewardModelPhase(PhaseBase):
             self._collect(global_step)
             out.update({"data_examples": len(self.data), "data_positive": sum(d[2] for d in self.data) / len(self.data),
                         "data_tokens": self.data_tokens, "data_time_s": time.time() - t})
-        n_hold = int(len(self.data) * cfg.holdout)
+        n_hold = self.n_hold
         train = self.data[n_hold:] or self.data
         gen = self.ctx.generator(global_step, salt=42)
         idx = torch.randint(len(train), (cfg.batch_size,), generator=gen).tolist()
@@ -171,8 +182,7 @@ class RewardModelPhase(PhaseBase):
         return out
 
     def holdout_metrics(self) -> dict:
-        n_hold = int(len(self.data) * self.cfg.holdout)
-        hold = self.data[:n_hold]
+        hold = self.data[: self.n_hold]
         p = self.rm.score([h[0] for h in hold], [h[1] for h in hold])
         y = [h[2] for h in hold]
         acc = sum((pi > 0.5) == (yi > 0.5) for pi, yi in zip(p, y)) / len(hold)
@@ -183,12 +193,14 @@ class RewardModelPhase(PhaseBase):
         self.ctx.artifacts.put(self.cfg.artifact or self.which, self.rm)
 
     def state_dict(self) -> dict:
-        return {"rm": self.rm.state_dict(), "opt": self.opt.state_dict(), "data": self.data, "data_tokens": self.data_tokens}
+        return {"rm": self.rm.state_dict(), "opt": self.opt.state_dict(), "data": self.data, "data_tokens": self.data_tokens,
+                "n_hold": self.n_hold}
 
     def load_state_dict(self, state: dict) -> None:
         self.rm.load_state_dict(state["rm"])
         self.opt.load_state_dict(state["opt"])
         self.data, self.data_tokens = state["data"], state["data_tokens"]
+        self.n_hold = state.get("n_hold", int(len(self.data or []) * self.cfg.holdout))
 
 
 @PHASES.register("train_orm", RewardModelConfig, requires={"task": SingleTurnTask, "policy": TokenPolicy})
