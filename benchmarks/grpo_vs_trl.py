@@ -182,7 +182,7 @@ def main() -> None:
             trl_gen[0] = 0.0
             k = len(rec["ws_time"])
             t0 = time.perf_counter()
-            m = phase.step(k)
+            m = phase.step(k, k)
             rec["ws_time"].append(time.perf_counter() - t0)
             rec["ws_tok"].append(m["completion_tokens"])
             rec["ws_gen"].append(m["completion_tokens"] * PROMPTS_PER_STEP * GROUP / m["sample_tokens_per_s"])

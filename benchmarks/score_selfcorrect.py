@@ -48,16 +48,16 @@ def base_split(base: str, sets: list[str], samples: int = 2, seed: int = 0) -> d
     import torch
 
     from warmstart.engine.config import load_recipe
-    from warmstart.engine.eval import _load_policy
+    from warmstart.policies import load_policy
     from warmstart.registry import TASKS
-    from warmstart.rollout.multi_turn import multi_turn_rollout
+    from warmstart.rollout import Sampling, rollout
 
     rec, _ = load_recipe(ROOT / "recipes" / "score.yaml", sets)
     task = TASKS.get(rec.task.kind).factory(rec.task, split="test", seed=0)
-    policy = _load_policy(Path(base), task)
+    policy = load_policy(base)
     problems = task.eval_problems(rec.task.n_test)
-    eps, _ = multi_turn_rollout(policy, task, problems, samples, temperature=1.0,
-                                generator=torch.Generator().manual_seed(seed), batch_size=256)
+    eps, _ = rollout(policy, problems, task=task, samples=samples, sampling=Sampling(task.max_new_tokens, 1.0, batch_size=256),
+                     generator=torch.Generator().manual_seed(seed))
     out: dict = {"samples": len(eps)}
     for k in range(2):
         texts = [(e.turn_texts[k] if k < len(e.turn_texts) else "", e.info["answer"]) for e in eps]

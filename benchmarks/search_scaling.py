@@ -97,11 +97,11 @@ def main() -> None:
     t_scaling = time.time() - t1
 
     # throughput: best-of-N vs plain sampling of the same number of sequences, MCTS expansions/s
-    from warmstart.rollout.single_turn import rollout
+    from warmstart.rollout import Sampling, rollout
 
     nb = max(budgets) // max(int(round(L)), 1)
     gen = torch.Generator().manual_seed(0)
-    _, plain = rollout(s.policy, s.problems, nb, s.task.max_new_tokens, args.temperature, generator=gen)
+    _, plain = rollout(s.policy, s.problems, samples=nb, sampling=Sampling(s.task.max_new_tokens, args.temperature), generator=gen)
     bon = next((r for r in rows if r["strategy"] == "best_of_n" and r["budget_tokens"] == max(budgets)), None)
     mcts = next((r for r in rows if r["strategy"] == "mcts" and r["budget_tokens"] == max(budgets)), None)
 

@@ -99,7 +99,7 @@ def main() -> None:
     times, tokens, seq_lens, peaks = [], [], [], []
     for k in range(total):
         t0 = time.perf_counter()
-        m = phase.step(k)
+        m = phase.step(k, k)
         dt = time.perf_counter() - t0
         if k >= a.warmup:
             times.append(dt)

@@ -7,6 +7,7 @@ import torch
 
 from warmstart.functional import (
     aggregate_loss,
+    clip_fraction,
     clipped_surrogate,
     group_advantages,
     group_has_signal,
@@ -44,16 +45,23 @@ def test_group_has_signal():
     assert group_has_signal(r, g).tolist() == [False, False, True, True]
 
 
-def test_clipped_surrogate_hand_values():
+@pytest.mark.parametrize("adv,eps_high,want", [
+    # symmetric clip (PPO): r=1.5,A=+1 -> min(1.5, 1.2) = 1.2 (clipped); r=0.5,A=+1 -> min(0.5, 0.8) = 0.5;
+    # r=1.1,A=-2 -> min(-2.2, -2.2) = -2.2; r=0.7,A=-1 -> min(-0.7, -0.8) = -0.8 (clipped)
+    ([1.0, 1.0, -2.0, -1.0], None, [-1.2, -0.5, 2.2, 0.8]),
+    # clip-higher (DAPO): the upper bound 1.3 -> min(1.5, 1.3) = 1.3
+    ([1.0, 1.0, -1.0, -1.0], 0.3, [-1.3, -0.5, 1.1, 0.8]),
+])
+def test_clipped_surrogate_hand_values(adv, eps_high, want):
     old = torch.zeros(4)
     logp = torch.log(torch.tensor([1.5, 0.5, 1.1, 0.7]))
-    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
-    loss, ratio, clipped = clipped_surrogate(logp, old, adv, eps_low=0.2, eps_high=0.3)
-    # r=1.5,A=+1: min(1.5, 1.3) = 1.3 (clipped);  r=0.5,A=+1: min(0.5, 0.8)=0.5
-    # r=1.1,A=-1: min(-1.1, -1.1) = -1.1;        r=0.7,A=-1: min(-0.7, -0.8) = -0.8 (clipped)
-    assert torch.allclose(loss, torch.tensor([-1.3, -0.5, 1.1, 0.8]), atol=1e-6)
+    loss, ratio, clipped = clipped_surrogate(logp, old, torch.tensor(adv), eps_low=0.2, eps_high=eps_high)
+    assert torch.allclose(loss, torch.tensor(want), atol=1e-6)
     assert clipped.tolist() == [True, False, False, True]
     assert torch.allclose(ratio, torch.tensor([1.5, 0.5, 1.1, 0.7]), atol=1e-6)
+    # clipfrac (ratio outside the band) differs from clip_active (clipped branch taken): r=0.5 with A>0
+    frac = clip_fraction(ratio, 0.2, eps_high)
+    assert frac.tolist() == [1.0, 1.0, 0.0, 1.0]
 
 
 def test_clipped_surrogate_gradient_vanishes_when_clipped():

@@ -7,13 +7,13 @@ Runs the recipe's MCTS (PRM, 8 simulations, width 4, max_depth 3, T=1) on 128 fr
 import sys, re, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from warmstart.engine.search_cli import build_task
-from warmstart.engine.eval import _load_policy
+from warmstart.engine.eval import build_task
+from warmstart.policies import load_policy
 from warmstart.search.strategies import SearchConfig, run_search
 from warmstart.search.scorers import make_scorer
 from warmstart.tasks.arithmetic import evaluate_chain
-task = build_task(sys.argv[3] if len(sys.argv) > 3 else "recipes/search-expert-iteration.yaml")
-pol = _load_policy(Path(sys.argv[1]), task)
+task, _ = build_task(sys.argv[3] if len(sys.argv) > 3 else "recipes/search-expert-iteration.yaml")
+pol = load_policy(sys.argv[1])
 probs = task.sample_problems(128, torch.Generator().manual_seed(7))
 prm = make_scorer("prm", task, prm=sys.argv[2])
 def steps_ok(prompt, text):
