@@ -118,3 +118,14 @@ def test_scaling_on_a_run_without_reward_models_skips_and_says_why(tiny_policy_f
     with pytest.raises(WarmstartError, match="scorer 'prm': it needs a PRM"):
         scaling_main(tmp_path / "run" / "final", "chain_arithmetic", tmp_path / "o2.json", budgets=[8], n=3,
                      sets=["n_terms=3", "n_test=3"], strategies=["beam"], log=lines.append)
+
+
+def test_search_without_reward_model_runs_unguided_and_says_so(tiny_policy_factory, tmp_path):
+    from warmstart.engine.search_cli import search_main
+
+    tiny_policy_factory(seed=0).save(tmp_path / "final")
+    lines = []
+    row = search_main(tmp_path / "final", "chain_arithmetic", "mcts", 16, n=2, sets=["n_terms=3", "n_test=2"],
+                      log=lines.append)
+    assert row["scorer"] == "none" and row["n"] == 2
+    assert any("scorer 'prm' (the default of mcts) skipped" in ln for ln in lines)

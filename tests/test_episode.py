@@ -94,3 +94,50 @@ def test_length_buckets_accumulate_to_the_unsplit_gradient(tiny_policy_factory):
             policy_gradient_loss(pol, sub, a, cfg, num_seqs=n_seqs, num_tokens=n_tok)["loss"].backward()
         for g, p in zip(g_full, pol.model.parameters()):
             assert torch.allclose(g, p.grad, atol=1e-6), mode
+
+
+def test_episodes_carry_images_and_tensors_and_collate_batches_them():
+    a, b = two_turn_episode(), two_turn_episode()
+    a.images, b.images = ["img-a"], ["img-b1", "img-b2"]
+    a.tensors, b.tensors = {"pixels": torch.zeros(3, 2)}, {"pixels": torch.ones(3, 2)}
+    batch = collate([a, b], pad_id=0)
+    assert batch.images == [["img-a"], ["img-b1", "img-b2"]]
+    assert batch.tensors["pixels"].shape == (2, 3, 2) and batch.tensors["pixels"][1].sum() == 6
+    text_only = collate([two_turn_episode()], pad_id=0)
+    assert text_only.images is None and text_only.tensors is None
+
+
+def test_rollout_per_turn_limits_and_stop_strings(tiny_policy_factory):
+    from warmstart.rollout import Sampling, rollout
+    from warmstart.tasks.base import Problem, TurnResult
+
+    class Twice:
+        max_turns, max_new_tokens = 2, 8
+
+        def respond(self, episode, turn):
+            return TurnResult(rewards={"r": 1.0}, message="?", done=turn == 1)
+
+    pol = tiny_policy_factory(seed=0)
+    probs = [Problem("1+2=", "3"), Problem("4+5=", "9")]
+    gen = torch.Generator().manual_seed(0)
+    eps, _ = rollout(pol, probs, task=Twice(), samples=3, sampling=Sampling(max_new_tokens=[2, 5]), generator=gen)
+    for e in eps:
+        (a0, a1), (b0, b1) = e.turns
+        assert a1 - a0 <= 2 and b1 - b0 <= 5 and e.reward == 2.0
+    assert max(e.turns[1][1] - e.turns[1][0] for e in eps) == 5  # a random tiny model rarely stops early
+    # stop strings: a one-character stop ends the turn on it; a longer one is cut after sampling
+    out, _ = rollout(pol, probs, samples=4, sampling=Sampling(max_new_tokens=30), generator=torch.Generator().manual_seed(1))
+    texts = [e.text for e in out]
+    ch = next(c for t in texts for c in t if c.strip())  # some character the model does emit
+    stopped, _ = rollout(pol, probs, samples=4, sampling=Sampling(max_new_tokens=30, stop=[ch]),
+                         generator=torch.Generator().manual_seed(1))
+    for full, cut in zip(texts, (e.text for e in stopped)):
+        if ch in full:
+            assert cut == full[: full.index(ch) + 1]
+    pair = next(t[i:i + 2] for t in texts for i in range(len(t) - 1) if t[i:i + 2].strip() == t[i:i + 2])
+    cut2, _ = rollout(pol, probs, samples=4, sampling=Sampling(max_new_tokens=30, stop=[pair]),
+                      generator=torch.Generator().manual_seed(1))
+    for full, cut in zip(texts, (e.text for e in cut2)):
+        if pair in full:
+            assert cut == full[: full.index(pair) + 2]
+        assert len(cut) <= len(full)

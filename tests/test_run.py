@@ -92,9 +92,11 @@ def test_run_directory_layout(full_run):
         assert (full_run / name).exists(), name
     assert list((full_run / "tb").glob("events.*")), "tensorboard events"
     summary = json.loads((full_run / "summary.json").read_text())
-    for part in ("init", "final"):
-        assert 0.0 <= summary[part]["accuracy"] <= 1.0 and "pass@k" in summary[part]
     rows = _rows(full_run)
+    evals = {r["after"]: r for r in rows if r["phase"] == "eval" and "after" in r}
+    for part, phase in (("init", "sft"), ("final", "grpo")):  # the summary is what the evaluation logged
+        assert summary[part]["accuracy"] == evals[phase]["accuracy"] and summary[part]["n"] == 16
+        assert summary[part]["pass@k"] == evals[phase]["pass@k"] >= summary[part]["sample_accuracy"]
     grpo = [r for r in rows if r["phase"] == "grpo"]
     assert len(grpo) == 6 and all("reward/exact_answer" in r and "kl" in r and "entropy" in r for r in grpo)
     steps = sorted(int(d.name.split("-")[1]) for d in (full_run / "checkpoints").glob("step-*"))

@@ -124,7 +124,8 @@ def search(
     from warmstart.engine.search_cli import search_main
 
     try:
-        row = search_main(checkpoint, task, strategy, budget, scorer, n, set_ or [], orm, prm, temperature)
+        row = search_main(checkpoint, task, strategy, budget, scorer, n, set_ or [], orm, prm, temperature,
+                          log=lambda m: console.print(m, highlight=False, markup=False))
     except WarmstartError as e:
         _fail(e)
         return
@@ -152,7 +153,7 @@ def scaling(
     try:
         scaling_main(checkpoint, task, out, [int(b) for b in budgets.split(",")] if budgets else None,
                      strategies=strategies.split(",") if strategies else None, n=n, sets=set_ or [], orm=orm,
-                     prm=prm, temperature=temperature, log=lambda s: console.print(s, highlight=False))
+                     prm=prm, temperature=temperature, log=lambda s: console.print(s, highlight=False, markup=False))
     except WarmstartError as e:
         _fail(e)
         return

@@ -111,8 +111,16 @@ class SearchSession:
 
 
 def search_main(checkpoint, task, strategy, budget, scorer=None, n=200, sets=None, orm=None, prm=None,
-                temperature=0.8, seed=0) -> dict:
+                temperature=0.8, seed=0, log=print) -> dict:
+    """One strategy at one budget. When no ``scorer`` is named and the strategy's default one needs a
+    reward model the run does not have, the search runs unguided (scorer ``none``) and says so."""
     s = SearchSession(checkpoint, task, n, sets, orm, prm, temperature, seed)
+    if scorer is None and strategy in SEARCH:
+        default = SEARCH.get(strategy).config.default_scorer
+        why = s.missing_reward_model(default)
+        if why:
+            log(f"scorer '{default}' (the default of {strategy}) skipped: {why}. Searching with scorer 'none' (unguided).")
+            scorer = "none"
     g = s.greedy()
     row = s.run(strategy, budget, scorer)
     row["greedy_accuracy"], row["greedy_tokens"] = g["accuracy"], g["tokens"]
