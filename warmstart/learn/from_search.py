@@ -17,10 +17,9 @@ import torch
 from pydantic import Field, SerializeAsAny, field_validator
 
 from warmstart.config import PhaseConfig
-from warmstart.contracts import HasDemos, PhaseBase, SingleTurnTask, TokenPolicy
-from warmstart.episode import Episode, collate
-from warmstart.functional import group_advantages
-from warmstart.learn.grpo import GRPOConfig, batch_metrics, frozen_copy, grpo_update, throughput
+from warmstart.contracts import HasDemos, SingleTurnTask, TokenPolicy
+from warmstart.episode import Episode
+from warmstart.learn.grpo import GRPOConfig, OptimizerAndReference, batch_metrics, frozen_copy, group_update, throughput
 from warmstart.learn.optim import OptimizerPhase, Schedule, lr_at, make_adamw, set_lr
 from warmstart.learn.supervised import demo_episodes, sft_update
 from warmstart.registry import PHASES, SCORERS
@@ -140,7 +139,7 @@ class SearchGRPOConfig(GRPOConfig):
         return search_config(v, "beam")
 
 
-class SearchGRPOPhase(PhaseBase):
+class SearchGRPOPhase(OptimizerAndReference):
     """GRPO whose groups are the complete solutions of a search (at most ``group_size`` each)."""
 
     key_metrics = ("reward", "accuracy", "tokens_per_s")
@@ -148,7 +147,6 @@ class SearchGRPOPhase(PhaseBase):
     def __init__(self, cfg: SearchGRPOConfig, ctx):
         self.cfg, self.ctx, self.policy = cfg, ctx, ctx.policy
         self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay)
-        self.reference = None
         self.scorer = None
 
     def on_start(self, step: int) -> None:
@@ -179,28 +177,12 @@ class SearchGRPOPhase(PhaseBase):
         # score
         ctx.rewards.score(episodes)
         metrics = batch_metrics(ctx.task, ctx.rewards, episodes)
-        # advantages: the group advantage on every action token
-        batch = collate(episodes, self.policy.pad_id)
-        adv = group_advantages(batch.rewards, batch.groups, cfg.advantage_scale).unsqueeze(1).expand_as(batch.old_logprobs)
-        kl_coef = torch.full_like(batch.old_logprobs, cfg.beta)
-        # update
-        upd = grpo_update(self.policy, self.opt, batch, adv, kl_coef, self.reference, cfg, ctx.generator(global_step, salt=1))
+        # advantages (the group's, on every action token) + update
+        upd = group_update(self.policy, self.opt, episodes, self.reference, cfg, ctx.generator(global_step, salt=1))
         metrics.update(upd)
         metrics["lr"] = self.opt.param_groups[0]["lr"]
         metrics.update(throughput(stats, upd["trained_tokens"], t0))
         return metrics
-
-    def state_dict(self) -> dict:
-        st = {"opt": self.opt.state_dict()}
-        if self.reference is not None:
-            st["ref"] = self.reference.state_dict()
-        return st
-
-    def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state["opt"])
-        if "ref" in state:
-            self.reference = frozen_copy(self.policy.model)
-            self.reference.load_state_dict(state["ref"])
 
 
 @PHASES.register("grpo_search", SearchGRPOConfig, requires={"task": SingleTurnTask, "policy": TokenPolicy})

@@ -196,7 +196,39 @@ def throughput(stats: dict, trained_tokens: int, t0: float) -> dict[str, float]:
             "tokens_per_s": (stats["sampled_tokens"] + trained_tokens) / max(time.time() - t0, 1e-9)}
 
 
-class GRPOPhase(PhaseBase):
+def group_update(policy, optimizer, episodes: list[Episode], reference, cfg: GRPOConfig,
+                 generator: torch.Generator | None = None) -> dict[str, float]:
+    """Advantages + update for groups of single-turn episodes: each group's advantage (its rewards
+    centred, scaled per ``cfg.advantage_scale``) on every action token, one KL coefficient ``beta``,
+    then :func:`grpo_update`."""
+    batch = collate(episodes, policy.pad_id)
+    adv = group_advantages(batch.rewards, batch.groups, cfg.advantage_scale).unsqueeze(1).expand_as(batch.old_logprobs)
+    kl_coef = torch.full_like(batch.old_logprobs, cfg.beta)
+    return grpo_update(policy, optimizer, batch, adv, kl_coef, reference, cfg, generator)
+
+
+class OptimizerAndReference(PhaseBase):
+    """Resumable state shared by the policy-gradient phases: the optimizer (``self.opt``) and, when
+    the phase keeps its own, the frozen KL reference (``self.reference``). Not a learner: each phase's
+    ``step`` is its own, flat."""
+
+    reference = None
+    saves_reference = True  # False where the reference lives in the run's artifacts instead
+
+    def state_dict(self) -> dict:
+        st = {"opt": self.opt.state_dict()}
+        if self.reference is not None and self.saves_reference:
+            st["ref"] = self.reference.state_dict()
+        return st
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        if "ref" in state:
+            self.reference = frozen_copy(self.policy.model)
+            self.reference.load_state_dict(state["ref"])
+
+
+class GRPOPhase(OptimizerAndReference):
     """Single-turn GRPO with the recipe's reward terms."""
 
     key_metrics = ("reward", "accuracy", "kl", "tokens_per_s")
@@ -206,7 +238,6 @@ class GRPOPhase(PhaseBase):
             raise ConfigError(f"phase '{cfg.label}' (grpo) needs at least one reward term in the recipe's `rewards:` list.")
         self.cfg, self.ctx, self.policy = cfg, ctx, ctx.policy
         self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay)
-        self.reference = None
 
     def on_start(self, step: int) -> None:
         if self.cfg.beta > 0 and self.reference is None:
@@ -224,28 +255,12 @@ class GRPOPhase(PhaseBase):
         episodes, stats = rollout(self.policy, problems, samples=cfg.group_size, sampling=sampling, generator=gen,
                                   rewards=ctx.rewards)
         metrics = batch_metrics(ctx.task, ctx.rewards, episodes)
-        # advantages: the group advantage on every action token, one KL coefficient
-        batch = collate(episodes, self.policy.pad_id)
-        adv = group_advantages(batch.rewards, batch.groups, cfg.advantage_scale).unsqueeze(1).expand_as(batch.old_logprobs)
-        kl_coef = torch.full_like(batch.old_logprobs, cfg.beta)
-        # update
-        upd = grpo_update(self.policy, self.opt, batch, adv, kl_coef, self.reference, cfg, ctx.generator(global_step, salt=1))
+        # advantages (the group's, on every action token) + update
+        upd = group_update(self.policy, self.opt, episodes, self.reference, cfg, ctx.generator(global_step, salt=1))
         metrics.update(upd)
         metrics["lr"] = self.opt.param_groups[0]["lr"]
         metrics.update(throughput(stats, upd["trained_tokens"], t0))
         return metrics
-
-    def state_dict(self) -> dict:
-        st = {"opt": self.opt.state_dict()}
-        if self.reference is not None:
-            st["ref"] = self.reference.state_dict()
-        return st
-
-    def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state["opt"])
-        if "ref" in state:
-            self.reference = frozen_copy(self.policy.model)
-            self.reference.load_state_dict(state["ref"])
 
 
 def _select(batch: TokenBatch, idx: torch.Tensor) -> TokenBatch:

@@ -28,11 +28,11 @@ import torch
 from pydantic import Field
 
 from warmstart.config import PhaseConfig
-from warmstart.contracts import MultiTurnTask, PhaseBase, TokenPolicy
+from warmstart.contracts import MultiTurnTask, TokenPolicy
 from warmstart.episode import Episode, collate, turn_reward_matrix
 from warmstart.errors import ConfigError
 from warmstart.functional import discounted_returns, group_advantages
-from warmstart.learn.grpo import GRPOConfig, batch_metrics, frozen_copy, grpo_update, throughput
+from warmstart.learn.grpo import GRPOConfig, OptimizerAndReference, batch_metrics, frozen_copy, grpo_update, throughput
 from warmstart.learn.optim import OptimizerPhase, Schedule, lr_at, make_adamw, set_lr
 from warmstart.learn.supervised import sft_update
 from warmstart.registry import PHASES
@@ -84,7 +84,7 @@ def per_turn_to_tokens(values: torch.Tensor, turn_index: torch.Tensor, fill: flo
     return torch.where(turn_index >= 0, out, torch.full_like(out, fill))
 
 
-class MultiTurnPhase(PhaseBase):
+class MultiTurnPhase(OptimizerAndReference):
     """Multi-turn REINFORCE-with-KL or GRPO with per-turn rewards, progress bonus and per-turn KL."""
 
     key_metrics = ("reward", "turn_reward/t1", "turn_reward/t2", "kl")
@@ -98,7 +98,7 @@ class MultiTurnPhase(PhaseBase):
             cfg = cfg.model_copy(update={"eps_low": float("inf"), "eps_high": float("inf")})
         self.cfg, self.ctx, self.policy = cfg, ctx, ctx.policy
         self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay)
-        self.reference = None
+        self.saves_reference = cfg.reference != "shared"  # the shared one lives in the run's artifacts
 
     @property
     def num_turns(self) -> int:
@@ -175,18 +175,6 @@ class MultiTurnPhase(PhaseBase):
             beta[:n] += torch.tensor(cfg.turn_beta[:n], dtype=torch.float32)
         kl_tok = per_turn_to_tokens(beta.expand(batch.groups.shape[0], K).contiguous(), batch.turn_index)
         return adv_tok, kl_tok
-
-    def state_dict(self) -> dict:
-        st = {"opt": self.opt.state_dict()}
-        if self.reference is not None and self.cfg.reference != "shared":
-            st["ref"] = self.reference.state_dict()
-        return st
-
-    def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state["opt"])
-        if "ref" in state:
-            self.reference = frozen_copy(self.policy.model)
-            self.reference.load_state_dict(state["ref"])
 
 
 @PHASES.register("multi_turn", MultiTurnConfig, requires={"task": MultiTurnTask, "policy": TokenPolicy})
