@@ -1,0 +1,217 @@
+"""ProMed: Shapley values (by hand, efficiency, symmetry, null player, Monte-Carlo vs exact), the
+softmax weights and SIG (nothing for a repeat), the diagnosis world's exact v(S), the patient (answers
+from the record, never names a disease), the Bayes ceilings and the dialogue tree under MCTS."""
+
+import math
+
+import numpy as np
+import pytest
+
+from warmstart.rewards.shapley import (
+    exact_shapley,
+    monte_carlo_shapley,
+    popcount,
+    shapley_information_gain,
+    shapley_weights,
+)
+from warmstart.tasks.promed import (
+    DISEASE_NAMES,
+    REPLY_MALFORMED,
+    REPLY_REFUSE,
+    REPLY_UNKNOWN,
+    Case,
+    DiagnosisWorld,
+    DialogueTreeEnv,
+    Patient,
+    TreeState,
+    at_once_answer,
+    greedy_information_gain,
+    oracle_answer,
+    parse_turn,
+    render_dialogue,
+)
+
+
+def table(fn, n):
+    return np.array([fn(frozenset(i for i in range(n) if m >> i & 1)) for m in range(1 << n)], dtype=float)
+
+
+# ------------------------------------------------------------------------------------ Shapley math
+
+
+def test_exact_shapley_by_hand():
+    # v({})=0, v({0})=1, v({1})=2, v({0,1})=4: phi_0 = (1 + (4-2))/2, phi_1 = (2 + (4-1))/2
+    phi = exact_shapley(np.array([0.0, 1.0, 2.0, 4.0]))
+    assert phi.tolist() == [1.5, 2.5]
+    # three players, v = |S|^2: symmetric, each gets v(all)/3
+    assert np.allclose(exact_shapley(table(lambda s: len(s) ** 2, 3)), [3.0, 3.0, 3.0])
+    assert popcount(np.array([0, 1, 5, 255])).tolist() == [0, 1, 2, 8]
+
+
+def test_shapley_symmetry_and_null_player_on_a_game():
+    # players 0 and 1 interchangeable, player 3 never changes the value
+    v = lambda s: 2.0 * ((0 in s) + (1 in s)) + 3.0 * (2 in s) + 1.5 * ((0 in s) and (2 in s)) + 1.5 * ((1 in s) and (2 in s))
+    phi = exact_shapley(table(v, 4))
+    assert phi[0] == pytest.approx(phi[1])
+    assert phi[3] == pytest.approx(0.0)
+    assert phi.sum() == pytest.approx(v({0, 1, 2, 3}) - v(set()))
+    assert phi[0] == pytest.approx(2.0 + 0.75)  # own 2 + half of its pair bonus with player 2
+
+
+@pytest.mark.parametrize("preset", ["small", "larger"])
+def test_efficiency_on_world_cases(preset):
+    world = DiagnosisWorld(preset, seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        case = world.sample_case(rng)
+        if len(case.facts) > 16:
+            continue
+        vt = world.value_table(case)
+        phi = exact_shapley(vt)
+        assert phi.sum() == pytest.approx(vt[-1] - vt[0], abs=1e-9)
+
+
+def test_null_fact_gets_zero_and_twin_facts_get_equal_values():
+    world = DiagnosisWorld("small", seed=1)
+    world.lik[:, 0] = 0.4  # fact 0 says nothing about the disease
+    world.lik[:, 2] = world.lik[:, 1]  # facts 1 and 2 are interchangeable
+    world.log_lik = np.stack([np.log1p(-world.lik), np.log(world.lik)])
+    case = Case(disease=0, options=(0, 1, 2, 3), facts=((0, 1), (1, 1), (2, 1), (5, 0)), visible=(0, 3))
+    phi = exact_shapley(world.value_table(case))
+    assert phi[0] == pytest.approx(0.0, abs=1e-12)
+    assert phi[1] == pytest.approx(phi[2])
+
+
+def test_monte_carlo_matches_exact():
+    world = DiagnosisWorld("small", seed=0)
+    rng = np.random.default_rng(1)
+    case = world.sample_case(rng)
+    exact = exact_shapley(world.value_table(case))
+    est, k = monte_carlo_shapley(lambda m: world.value_of_masks(case, m), len(case.facts), np.random.default_rng(2),
+                                 min_permutations=2000, max_permutations=2000)
+    assert k == 2000
+    assert np.max(np.abs(est - exact)) < 0.05
+    # the paper's setting stops between 3 and 50 permutations, and every estimate is a full permutation's
+    est, k = monte_carlo_shapley(lambda m: world.value_of_masks(case, m), len(case.facts), np.random.default_rng(2))
+    assert 3 <= k <= 50
+    vt = world.value_table(case)
+    assert est.sum() == pytest.approx(vt[-1] - vt[0])  # every permutation is efficient, so is their mean
+
+
+def test_weights_and_sig_by_hand():
+    w = shapley_weights(np.array([0.0, 2 * math.log(3)]), temperature=2.0)  # exp(0), exp(ln 3)
+    assert w.tolist() == pytest.approx([0.25, 0.75])
+    w = np.array([0.1, 0.2, 0.3, 0.4])
+    assert shapley_information_gain(w, [2], known=[0]) == pytest.approx(0.3)
+    assert shapley_information_gain(w, [2], known=[0, 2]) == 0.0  # asked again: nothing new
+    assert shapley_information_gain(w, [2, 3, 3], known=[3]) == pytest.approx(0.3)
+    assert shapley_information_gain(w, [], known=[]) == 0.0
+
+
+# ------------------------------------------------------------------------------------ world, patient
+
+
+def test_value_table_is_the_posterior_of_the_right_answer():
+    world = DiagnosisWorld("larger", seed=2)
+    case = world.sample_case(np.random.default_rng(5))
+    mask = 0b1011
+    known = world.known_facts(case, [p for p in range(len(case.facts)) if mask >> p & 1])
+    lp = world.log_posterior(known, case.options)
+    assert world.value_of_masks(case, np.array([mask]))[0] == pytest.approx(lp[case.options.index(case.disease)])
+    assert np.exp(lp).sum() == pytest.approx(1.0)
+    assert case.disease in case.options and len(case.options) == world.preset.n_options
+    assert len(case.visible) == len(case.facts) // 2
+
+
+def test_patient_answers_from_the_record_only():
+    world = DiagnosisWorld("small", seed=0)
+    rng = np.random.default_rng(0)
+    case = next(c for c in (world.sample_case(rng) for _ in range(50)) if len(c.facts) < world.preset.n_facts)
+    patient = Patient(world, case)
+    for p, (j, v) in enumerate(case.facts):
+        rep = patient.reply(f"ask {world.fact_names[j]}")
+        assert rep.status == "answered" and rep.position == p
+        assert rep.text == (": yes\n" if v else ": no\n")
+    missing = next(j for j in range(world.preset.n_facts) if case.position(j) is None)
+    assert patient.reply(f"ask {world.fact_names[missing]}").text == REPLY_UNKNOWN
+    assert patient.reply("ask banana").text == REPLY_UNKNOWN
+    for bad in ["", "ask", "ask fever cough", "fever?", "ASK fever", "answer"]:
+        rep = patient.reply(bad)
+        assert rep.status == "malformed" and rep.text == REPLY_MALFORMED and rep.position is None
+    assert parse_turn(" answer flu ").kind == "answer"
+
+
+def test_patient_never_leaks_the_diagnosis():
+    world = DiagnosisWorld("larger", seed=4)
+    rng = np.random.default_rng(1)
+    words = list(world.fact_names) + list(DISEASE_NAMES) + ["diagnosis", "disease", "illness", "answer", "what", "tell"]
+    for _ in range(40):
+        case = world.sample_case(rng)
+        patient = Patient(world, case)
+        questions = [f"ask {w}" for w in words] + [f"answer {w}" for w in words] + [
+            "what do i have", "ask what is my diagnosis", "tell me the answer", "ask diagnosis please"]
+        for q in questions:
+            rep = patient.reply(q)
+            assert not any(name in rep.text for name in DISEASE_NAMES), (q, rep.text)
+        for name in DISEASE_NAMES:
+            assert patient.reply(f"ask {name}").text == REPLY_REFUSE
+
+
+def test_ceilings_order():
+    world = DiagnosisWorld("small", seed=0)
+    rng = np.random.default_rng(7)
+    cases = [world.sample_case(rng) for _ in range(300)]
+    oracle = np.mean([oracle_answer(world, c) == c.disease for c in cases])
+    once = np.mean([at_once_answer(world, c) == c.disease for c in cases])
+    greedy = [greedy_information_gain(world, c) for c in cases]
+    acc = np.mean([g.answer == c.disease for g, c in zip(greedy, cases)])
+    # measured on this world: at once ~0.6, greedy ~0.78, oracle ~0.79
+    assert oracle > once + 0.08 and acc > once + 0.08
+    assert all(len(g.questions) <= 10 for g in greedy)
+    assert 0 < np.mean([len(g.questions) for g in greedy]) < 10
+
+
+def test_render_dialogue():
+    world = DiagnosisWorld("small", seed=0)
+    case = Case(disease=1, options=(0, 1, 2, 3), facts=((0, 1), (3, 0), (5, 1)), visible=(0,))
+    turns = render_dialogue(world, case, [3, 7], 1)
+    assert turns == [(f"ask {world.fact_names[3]}", ": no\n"), (f"ask {world.fact_names[7]}", REPLY_UNKNOWN),
+                     (f"answer {world.disease_names[1]}", None)]
+    assert world.prompt(case) == f"facts: {world.fact_names[0]}+\noptions: flu gout lyme mumps\n"
+
+
+# ------------------------------------------------------------------------------------ dialogue tree
+
+
+def test_tree_values_by_hand_and_mcts_finds_an_answer():
+    from warmstart.search.mcts import MCTS, most_visited_path
+
+    world = DiagnosisWorld("small", seed=0)
+    case = Case(disease=1, options=(0, 1, 2, 3), facts=((0, 1), (3, 0), (5, 1), (6, 0)), visible=(0, 1))
+    w = np.array([0.1, 0.2, 0.3, 0.4])
+    env = DialogueTreeEnv(world, [case], [w])
+    assert env.evaluate([TreeState(0)]) == pytest.approx([0.3])
+    assert env.evaluate([TreeState(0, (5,))]) == pytest.approx([0.9 * 0.6])  # revealed position 2
+    assert env.evaluate([TreeState(0, (5, 9), 1)]) == pytest.approx([0.9**3 * (0.6 + 2.0)])
+    assert env.evaluate([TreeState(0, (9,), 0)]) == pytest.approx([0.9**2 * 0.3])  # unknown fact, wrong answer
+    kids = env.expand([TreeState(0)])[0]
+    assert len(kids) == 8 and kids[0][0][0] == "answer"
+    assert all(a[0] == "ask" and a[1] not in (0, 3) for a, _, _ in kids[1:])
+    full = env.expand([TreeState(0, tuple(range(1, 11)))])[0]
+    assert [a[0] for a, _, _ in full] == ["answer"]  # out of questions
+
+    rng = np.random.default_rng(3)
+    cases = [world.sample_case(rng) for _ in range(20)]
+    weights = [shapley_weights(exact_shapley(world.value_table(c))) for c in cases]
+    env = DialogueTreeEnv(world, cases, weights)
+    roots = MCTS(env, simulations=48, c_puct=2.2, leaves_per_tree=1, max_depth=11).search([TreeState(i) for i in range(20)])
+    right, answered = 0, 0
+    for root, c in zip(roots, cases):
+        last = most_visited_path(root)[-1].state
+        answered += last.answer is not None
+        questions, answer = env.finish(last)
+        assert list(questions) == list(last.asked) and answer in c.options
+        right += answer == c.disease
+    assert answered >= 10  # most trees' best paths end in an answer within 48 simulations
+    # the search knows the truth through its reward: its dialogues end right more often than answering at once
+    assert right > sum(at_once_answer(world, c) == c.disease for c in cases)
