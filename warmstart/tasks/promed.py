@@ -10,10 +10,10 @@ in the record is one the patient cannot speak to). The doctor sees half of the r
 
 One dialogue, as text (``|`` separates the doctor's turns, which end with EOS, from the patient's)::
 
-    prompt   facts: cough+ rash- ache+
+    prompt   facts: b+ e- f+ k-
              options: flu gout lyme mumps
-    turn     ask fever        | : yes
-    turn     ask tick         | : unknown          (not in the record)
+    turn     ask c            | : yes
+    turn     ask h            | : unknown          (not in the record)
     turn     answer lyme                           (ends the episode)
 
 The patient answers ``ask FACT`` from the record (``yes``/``no``), says ``unknown`` for a fact the
@@ -34,16 +34,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
+from warmstart.engine.config import PluginConfig
 from warmstart.errors import ConfigError
+from warmstart.registry import TASKS
+from warmstart.rewards.shapley import exact_shapley, monte_carlo_shapley, shapley_information_gain, shapley_weights
+from warmstart.rollout.multi_turn import TurnResult, multi_turn_rollout
+from warmstart.tasks.base import Problem
 
-FACT_NAMES = (
-    "fever", "cough", "rash", "ache", "chills", "nausea", "itch", "sneeze", "wheeze", "thirst", "dizzy",
-    "cramps", "swell", "tired", "headache", "throat", "vomit", "pale", "sweats", "jaundice", "joints",
-    "chest", "stiff", "blurred", "numb", "bleed", "weight", "travel", "smoker", "tick", "xray", "culture",
-)
+# Facts are named by single letters: a character-level model reads each in one token, which makes
+# the dialogue text ~2x shorter and, measured, ~3x cheaper per SFT step than symptom words.
+FACT_NAMES = tuple("abcdefghijklmnopqrstuvwx")
 DISEASE_NAMES = ("flu", "gout", "lyme", "mumps", "strep", "asthma", "anemia", "ulcer", "angina", "sepsis",
                  "typhus", "zika")
 # words that ask for the diagnosis itself: the patient refuses them like a disease name
@@ -53,7 +58,7 @@ REPLY_YES = ": yes\n"
 REPLY_NO = ": no\n"
 REPLY_UNKNOWN = ": unknown\n"
 REPLY_REFUSE = ": I cannot tell you that\n"
-REPLY_MALFORMED = ": say ask FACT or answer OPTION\n"
+REPLY_MALFORMED = ": ask FACT or answer DISEASE\n"
 
 _TURN = re.compile(r"^\s*(ask|answer)\s+([a-z]+)\s*$")
 
@@ -73,8 +78,9 @@ class WorldPreset:
 
 PRESETS: dict[str, WorldPreset] = {
     # 4 diseases, 12 facts, 2 signature facts each: exact Shapley values for every case, quick to
-    # learn; Bayes-optimal accuracy ~0.6 from the visible half, ~0.78 from the whole record
-    "small": WorldPreset(4, 12, 4, 2, (0.7, 0.95), (0.05, 0.25), 0.85),
+    # learn; every fact is in the record (the patient says "unknown" only to words that are not facts);
+    # Bayes-optimal accuracy ~0.65 from the visible half, ~0.8 from the whole record
+    "small": WorldPreset(4, 12, 4, 2, (0.7, 0.95), (0.05, 0.25), 1.0),
     # 8 diseases (4 offered per case), 24 facts, a sparser record: more to ask, more to ask in vain
     "larger": WorldPreset(8, 24, 4, 3, (0.7, 0.95), (0.05, 0.3), 0.7),
 }
@@ -195,22 +201,17 @@ class DiagnosisWorld:
                                   candidates: list[int]) -> np.ndarray:
         """(len(candidates),) expected entropy reduction (nats) of the posterior over the options
         from learning each candidate fact, under the true model (as if it is in the record)."""
-        lp = self.log_posterior(known, options)
+        lp = self.log_posterior(known, options)  # (O,)
         post = np.exp(lp)
         h0 = -np.sum(post * lp)
-        opts = np.asarray(options)
-        out = np.zeros(len(candidates))
-        for c, j in enumerate(candidates):
-            q1 = float(np.sum(post * self.lik[opts, j]))
-            h = 0.0
-            for v, qv in ((1, q1), (0, 1.0 - q1)):
-                if qv <= 1e-12:
-                    continue
-                s = lp + self.log_lik[v, opts, j]
-                s = s - np.logaddexp.reduce(s)
-                h += qv * -np.sum(np.exp(s) * s)
-            out[c] = h0 - h
-        return out
+        opts, cands = np.asarray(options), np.asarray(candidates, dtype=np.int64)
+        q1 = post @ self.lik[opts][:, cands]  # (C,) P(fact present | known)
+        h_after = np.zeros(len(cands))
+        for v, qv in ((1, q1), (0, 1.0 - q1)):
+            s = lp[:, None] + self.log_lik[v][opts][:, cands]  # (O, C) unnormalised posterior after the reply
+            s = s - np.logaddexp.reduce(s, axis=0, keepdims=True)
+            h_after += qv * -np.sum(np.exp(s) * s, axis=0)
+        return h0 - h_after
 
     # ---------------------------------------------------------------------------------- text
     def prompt(self, case: Case) -> str:
@@ -453,3 +454,162 @@ class DialogueTreeEnv:
             right = s.answer is not None and s.answer == case.disease
             vals.append(self.discount ** s.depth * (cov + self.answer_bonus * right))
         return vals
+
+
+# ---------------------------------------------------------------------------------- the task
+
+
+class ProMedConfig(PluginConfig):
+    kind: str = "promed"
+    preset: Literal["small", "larger"] = Field("small", description="world size: 'small' (4 diseases, 12 facts) or 'larger' (8, 24)")
+    world_seed: int = Field(0, description="seed of the Bayes net (the same world for every run seed)")
+    data_seed: int = Field(0, description="seed of the held-out cases (fixed, so evaluations compare across runs)")
+    n_test: int = Field(500, ge=1, description="held-out cases (never drawn for training)")
+    max_questions: int = Field(10, ge=0, le=10, description="questions before the doctor must answer (10 in the paper; 0: answer at once)")
+    temperature: float = Field(2.0, gt=0, description="T of the Shapley weights softmax(phi / T)")
+    shapley: Literal["auto", "exact", "monte_carlo"] = Field(
+        "auto", description="Shapley values: exact over all subsets, Monte-Carlo permutations (3-50, stop at 0.01), or exact up to 16 facts")
+
+
+def case_weights(world: DiagnosisWorld, case: Case, temperature: float = 2.0, method: str = "auto",
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+    """softmax(phi / T) over the case's recorded facts, phi the Shapley values of v(S)."""
+    m = len(case.facts)
+    if method == "exact" or (method == "auto" and m <= 16):
+        phi = exact_shapley(world.value_table(case))
+    else:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        phi, _ = monte_carlo_shapley(lambda masks: world.value_of_masks(case, masks), m, rng)
+    return shapley_weights(phi, temperature)
+
+
+class ProMedTask:
+    """Diagnosis by dialogue: a multi-turn task (``respond``) over cases of a :class:`DiagnosisWorld`.
+
+    Each policy turn is ``ask FACT`` (the patient replies; up to ``max_questions``) or ``answer
+    DISEASE`` (the episode ends). Per-turn reward terms, combined by the learner with its weights:
+    ``sig`` (Shapley information gain of the facts a question newly reveals), ``sig_right`` (the same,
+    filled in once the answer is known right; 0 otherwise), ``correct`` (on the answer turn) and
+    ``format`` (1 for a turn in the grammar). What each question did is kept in
+    ``episode.info["dialogue"]`` for the metrics.
+    """
+
+    max_new_tokens = 14  # "answer angina" + EOS; 11 turns with the longest replies fit in 640 positions
+
+    def __init__(self, cfg: ProMedConfig, split: str = "train", seed: int = 0):
+        self.cfg, self.split, self.seed = cfg, split, seed
+        self.world = DiagnosisWorld(cfg.preset, cfg.world_seed)
+        self.max_questions = cfg.max_questions
+        self.max_turns = cfg.max_questions + 1
+        rng = np.random.default_rng(10_000 + cfg.data_seed)
+        test: list[Case] = []
+        seen: set[Case] = set()
+        while len(test) < cfg.n_test:
+            c = self.world.sample_case(rng)
+            if c not in seen:
+                seen.add(c)
+                test.append(c)
+        self._test_cases = seen
+        self.test_problems = [self.problem(c) for c in test]
+        self.problems = self.test_problems if split == "test" else []
+
+    # -- data
+    def problem(self, case: Case) -> Problem:
+        w = case_weights(self.world, case, self.cfg.temperature, self.cfg.shapley)
+        return Problem(prompt=self.world.prompt(case), answer=self.world.disease_names[case.disease],
+                       info={"case": case, "weights": w})
+
+    def sample_cases(self, n: int, rng: np.random.Generator) -> list[Case]:
+        """``n`` fresh training cases (never a held-out one)."""
+        out: list[Case] = []
+        while len(out) < n:
+            c = self.world.sample_case(rng)
+            if c not in self._test_cases:
+                out.append(c)
+        return out
+
+    def sample_problems(self, n: int, generator) -> list[Problem]:
+        """Fresh training cases drawn from a torch ``generator`` (the run's per-step stream)."""
+        import torch
+
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        return [self.problem(c) for c in self.sample_cases(n, np.random.default_rng(seed))]
+
+    def eval_problems(self, n: int) -> list[Problem]:
+        return self.test_problems[:n]
+
+    # -- the multi-turn contract
+    def respond(self, episode, turn: int) -> TurnResult:
+        case: Case = episode.info["case"]
+        weights = episode.info["weights"]
+        st: DialogueState = episode.info.setdefault("dialogue", DialogueState.start(case))
+        t = parse_turn(episode.turn_texts[turn])
+        if t.kind == "answer" or turn >= self.max_questions:
+            # an answer, or a question past the limit (no answer: wrong)
+            ok_format = t.kind == "answer" and t.word in {self.world.disease_names[k] for k in case.options}
+            right = t.kind == "answer" and t.word == self.world.disease_names[case.disease]
+            if t.kind == "answer":
+                st.answer = self.world.disease_index.get(t.word, -1)
+            for k in range(turn):  # SIG * 1[right] on the questions, now that the outcome is known
+                episode.turn_rewards[k]["sig_right"] = episode.turn_rewards[k].get("sig", 0.0) * right
+            return TurnResult(rewards={"sig": 0.0, "sig_right": 0.0, "correct": float(right), "format": float(ok_format)},
+                              done=True)
+        rep = Patient(self.world, case).reply(t)
+        new = rep.position if rep.position is not None and rep.position not in st.known else None
+        sig = shapley_information_gain(weights, [] if new is None else [new], st.known)
+        st.asked.append(t.word if t.kind == "ask" else episode.turn_texts[turn])
+        st.revealed.append(new)
+        if new is not None:
+            st.known.add(new)
+        return TurnResult(rewards={"sig": sig, "sig_right": 0.0, "correct": 0.0, "format": float(rep.status != "malformed")},
+                          message=rep.text)
+
+    # -- metrics
+    def dialogue_metrics(self, episodes) -> dict[str, float]:
+        """Accuracy, questions per dialogue, share of useless questions (revealing nothing new),
+        mean SIG per question, information coverage (Shapley weight of the facts known at answer
+        time), share of dialogues that ended with a well-formed answer."""
+        n = max(len(episodes), 1)
+        right = questions = useless = answered = 0
+        sig_total = cov_total = 0.0
+        for e in episodes:
+            case, w = e.info["case"], e.info["weights"]
+            st = e.info.get("dialogue") or DialogueState.start(case)
+            last = e.turn_rewards[-1] if e.turn_rewards else {}
+            right += last.get("correct", 0.0) >= 1.0
+            answered += last.get("format", 0.0) >= 1.0 and st.answer is not None
+            questions += len(st.asked)
+            useless += sum(r is None for r in st.revealed)
+            sig_total += sum(t.get("sig", 0.0) for t in e.turn_rewards)
+            cov_total += float(sum(w[p] for p in st.known))
+        return {"accuracy": right / n, "questions": questions / n, "useless_share": useless / max(questions, 1),
+                "sig_per_question": sig_total / max(questions, 1), "coverage": cov_total / n, "answered": answered / n}
+
+    def bayes_ceilings(self, problems: list[Problem]) -> dict[str, float]:
+        """Accuracy of the Bayes-optimal policies on the same cases: answering at once from the
+        visible facts, the all-facts oracle, and the greedy information-gain questioner."""
+        cases = [p.info["case"] for p in problems]
+        greedy = [greedy_information_gain(self.world, c, self.max_questions) for c in cases]
+        n = max(len(cases), 1)
+        return {
+            "bayes_at_once": sum(at_once_answer(self.world, c) == c.disease for c in cases) / n,
+            "bayes_oracle": sum(oracle_answer(self.world, c) == c.disease for c in cases) / n,
+            "bayes_greedy": sum(g.answer == c.disease for g, c in zip(greedy, cases)) / n,
+            "bayes_greedy_questions": sum(len(g.questions) for g in greedy) / n,
+        }
+
+    def evaluate(self, policy, eval_cfg, ctx=None) -> dict:
+        problems = self.eval_problems(eval_cfg.n)
+        eps, _ = multi_turn_rollout(policy, self, problems, 1, temperature=0.0,
+                                    max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size)
+        out = {"n": len(problems)}
+        out.update(self.dialogue_metrics(eps))
+        out.update(self.bayes_ceilings(problems))
+        out["mean_tokens"] = sum(len(e.ids) for e in eps) / max(len(eps), 1)
+        return out
+
+
+@TASKS.register("promed", ProMedConfig)
+def make_promed(cfg: ProMedConfig, split: str = "train", seed: int = 0) -> ProMedTask:
+    """ProMed diagnosis dialogues: ask the patient about facts, then answer (a seeded Bayes-net world)."""
+    return ProMedTask(cfg, split, seed)
