@@ -215,3 +215,82 @@ def test_tree_values_by_hand_and_mcts_finds_an_answer():
     assert answered >= 10  # most trees' best paths end in an answer within 48 simulations
     # the search knows the truth through its reward: its dialogues end right more often than answering at once
     assert right > sum(at_once_answer(world, c) == c.disease for c in cases)
+
+
+# ------------------------------------------------------------------------------ task and rewards
+
+
+def _dialogue(task, problem, turns):
+    """An episode of ``problem`` whose doctor turns are ``turns``, answered by ``task.respond``."""
+    from warmstart.episode import Episode
+
+    e = Episode(prompt=problem.prompt, prompt_ids=[1, 2], info={"answer": problem.answer, **problem.info})
+    for k, text in enumerate(turns):
+        e.add_turn([5] * (k + 1), [0.0] * (k + 1), text)  # turn k has k+1 tokens
+        res = task.respond(e, k)
+        e.turn_rewards[k] = dict(res.rewards)
+        if res.done:
+            break
+        e.add_env([9, 9])
+    return e, res
+
+
+def test_respond_sig_only_for_new_facts_and_sig_right_after_a_right_answer():
+    from warmstart.tasks.promed import ProMedConfig, ProMedTask
+
+    task = ProMedTask(ProMedConfig(n_test=20), split="test")
+    prob = task.eval_problems(1)[0]
+    case, w, world = prob.info["case"], prob.info["weights"], task.world
+    hidden = [case.facts[p][0] for p in case.hidden]
+    seen = case.facts[case.visible[0]][0]
+    q1, q2 = world.ask_text(hidden[0]), world.ask_text(hidden[1])
+    turns = [q1, q1, world.ask_text(seen), "ask zz", "hello", q2, world.answer_text(case.disease)]
+    e, res = _dialogue(task, prob, turns)
+    sig = [t["sig"] for t in e.turn_rewards]
+    p1, p2 = case.position(hidden[0]), case.position(hidden[1])
+    assert sig == pytest.approx([w[p1], 0.0, 0.0, 0.0, 0.0, w[p2], 0.0])  # repeat, visible, unknown, malformed: 0
+    assert [t["format"] for t in e.turn_rewards] == [1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    assert [t["sig_right"] for t in e.turn_rewards] == pytest.approx(sig)  # right answer: SIG * 1
+    assert e.turn_rewards[-1]["correct"] == 1.0 and res.done
+    m = task.dialogue_metrics([e])
+    assert m["questions"] == 6 and m["useless_share"] == pytest.approx(4 / 6) and m["accuracy"] == 1.0
+    assert m["coverage"] == pytest.approx(sum(w[p] for p in (*case.visible, p1, p2)))
+    # a wrong answer: no SIG * right; an 11th question: the dialogue ends unanswered
+    wrong = next(k for k in case.options if k != case.disease)
+    e, _ = _dialogue(task, prob, [q1, world.answer_text(wrong)])
+    assert e.turn_rewards[0]["sig_right"] == 0.0 and e.turn_rewards[1]["correct"] == 0.0
+    e, res = _dialogue(task, prob, [q1] * 11)
+    assert res.done and len(e.turns) == 11 and e.turn_rewards[-1]["correct"] == 0.0
+    assert e.turn_rewards[-1]["format"] == 0.0
+
+
+def test_turn_rewards_land_on_their_turn_tokens():
+    from warmstart.episode import Episode, collate
+    from warmstart.learn.multi_turn import per_turn_to_tokens
+    from warmstart.learn.promed import ProMedGRPOConfig, token_mean_advantages, weighted_turn_rewards
+
+    def ep(terms, group):
+        e = Episode(prompt="x", prompt_ids=[1, 2], group=group)
+        for k, t in enumerate(terms):
+            e.add_turn([5, 6], [0.0, 0.0], "t")
+            e.turn_rewards[k] = t
+            e.add_env([9])
+        return e
+
+    q = {"sig": 0.5, "sig_right": 0.5, "correct": 0.0, "format": 1.0}  # 2*0.5 + 1*0.5 + 1 = 2.5
+    a_right = {"sig": 0.0, "sig_right": 0.0, "correct": 1.0, "format": 1.0}  # 3 + 1 = 4
+    a_wrong = {"sig": 0.0, "sig_right": 0.0, "correct": 0.0, "format": 0.0}  # 0
+    eps = [ep([q, a_right], 0), ep([a_wrong], 0)]
+    cfg = ProMedGRPOConfig()
+    R = weighted_turn_rewards(eps, cfg, 2)
+    assert R.tolist() == [[2.5, 4.0], [0.0, 0.0]]
+    batch = collate(eps, pad_id=0, pad_to_multiple=1)
+    r_tok = per_turn_to_tokens(R, batch.turn_index)
+    adv = token_mean_advantages(r_tok, batch.action_mask, batch.groups)
+    # group token mean: (2*2.5 + 2*4 + 2*0) / 6 = 13/6; turn 1 tokens sit at targets 1-2, turn 2 at 4-5
+    mean = 13 / 6
+    assert adv[0, 1:3].tolist() == pytest.approx([2.5 - mean] * 2)
+    assert adv[0, 4:6].tolist() == pytest.approx([4.0 - mean] * 2)
+    assert adv[1, 1:3].tolist() == pytest.approx([-mean] * 2)
+    assert adv[0, 3] == 0 and adv[0, 0] == 0  # the patient's token and the prompt get nothing
+    assert float((adv * batch.action_mask).sum()) == pytest.approx(0.0, abs=1e-6)  # centred over the group's tokens
