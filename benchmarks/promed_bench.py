@@ -31,11 +31,13 @@ INITS = [  # (label, recipe whose sft phase builds it)
     ("SFT on random dialogues", "promed-no-mcts.yaml"),
     ("SFT on at-once answers", "promed-answer-at-once.yaml"),
 ]
-METHODS = [  # (label, recipe, init label)
-    ("SIG RL (ProMed)", "promed.yaml", "SFT on MCTS dialogues"),
-    ("outcome-only RL", "promed-outcome-only.yaml", "SFT on MCTS dialogues"),
-    ("SIG RL, no MCTS init", "promed-no-mcts.yaml", "SFT on random dialogues"),
-    ("answer at once (outcome RL)", "promed-answer-at-once.yaml", "SFT on at-once answers"),
+METHODS = [  # (label, recipe, init label, extra overrides)
+    ("SIG RL (ProMed)", "promed.yaml", "SFT on MCTS dialogues", []),
+    ("outcome-only RL", "promed-outcome-only.yaml", "SFT on MCTS dialogues", []),
+    ("SIG RL, no MCTS init", "promed-no-mcts.yaml", "SFT on random dialogues", []),
+    ("answer at once (outcome RL)", "promed-answer-at-once.yaml", "SFT on at-once answers", []),
+    # ours, not the paper's: question tokens baselined against questions, answers against answers
+    ("SIG RL, per-kind baseline", "promed.yaml", "SFT on MCTS dialogues", ["phases.grpo.baseline=per_kind"]),
 ]
 KEYS = ["accuracy", "questions", "useless_share", "sig_per_question", "coverage", "answered"]
 CEILINGS = ["bayes_at_once", "bayes_greedy", "bayes_oracle"]
@@ -65,7 +67,7 @@ def report(rows: list[dict], cmd: str) -> None:
     hdr = ["policy", "accuracy", "questions", "useless share", "SIG / question", "coverage", "answered", "wall s"]
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
-    for label in [i for i, _ in INITS] + [m for m, _, _ in METHODS]:
+    for label in [i for i, _ in INITS] + [m[0] for m in METHODS]:
         if label not in by:
             continue
         cells = [f"{label} (n={len(by[label])})"] + [_mean_sd([r[k] for r in by[label]]) for k in KEYS]
@@ -84,7 +86,7 @@ def report(rows: list[dict], cmd: str) -> None:
         d = [da[s] - db[s] for s in common]
         return f"{statistics.mean(d):+.3f} (per seed {', '.join(f'{x:+.3f}' for x in d)})"
 
-    sig, out, nom, once = (m for m, _, _ in METHODS)
+    sig, out, nom, once, kind = (m[0] for m in METHODS)
     print(f"\nSIG RL - outcome-only RL: accuracy {paired(sig, out, 'accuracy')}; useless share {paired(sig, out, 'useless_share')}")
     print(f"SIG RL - answer at once: accuracy {paired(sig, once, 'accuracy')}; outcome-only RL - answer at once: {paired(out, once, 'accuracy')}")
     if sig in by and once in by:
@@ -93,6 +95,8 @@ def report(rows: list[dict], cmd: str) -> None:
         print(f"relative margin of SIG RL over answering at once: {100 * (a - b) / max(b, 1e-9):+.1f}% (the paper: +54%)")
     print(f"MCTS init - no MCTS init (both SIG RL): accuracy {paired(sig, nom, 'accuracy')}; "
           f"useless share {paired(sig, nom, 'useless_share')}")
+    print(f"SIG RL per-kind baseline - outcome-only RL: accuracy {paired(kind, out, 'accuracy')}; "
+          f"useless share {paired(kind, out, 'useless_share')}")
 
 
 def main() -> None:
@@ -100,11 +104,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override applied to every recipe, repeatable")
     ap.add_argument("--out", default=str(ROOT / "runs" / f"bench-promed-{time.strftime('%m%d-%H%M%S')}"))
-    ap.add_argument("--report", default=None, help="print the table of an earlier run's results.jsonl and exit")
+    ap.add_argument("--report", default=None, nargs="+", help="print the table of earlier runs' results.jsonl and exit")
+    ap.add_argument("--inits-from", default=None,
+                    help="an earlier --out whose SFT warm starts the RL runs start from (the seed's own, else seed 0's); "
+                         "no SFT is run")
+    ap.add_argument("--methods", nargs="+", default=None, help="run only these methods (labels as in the table)")
     args = ap.parse_args()
     cmd = "OMP_NUM_THREADS=1 python benchmarks/promed_bench.py " + " ".join(sys.argv[1:])
     if args.report:
-        rows = [json.loads(line) for line in (Path(args.report) / "results.jsonl").read_text().splitlines() if line]
+        rows = [json.loads(line) for d in args.report for line in (Path(d) / "results.jsonl").read_text().splitlines() if line]
         report(rows, cmd)
         return
 
@@ -123,7 +131,11 @@ def main() -> None:
 
     for seed in args.seeds:
         bases: dict[str, str] = {}
-        for label, recipe in INITS:
+        if args.inits_from:
+            for label, recipe in INITS:
+                own = Path(args.inits_from) / f"seed{seed}" / f"sft-{Path(recipe).stem}" / "final"
+                bases[label] = str(own if own.exists() else Path(args.inits_from) / "seed0" / f"sft-{Path(recipe).stem}" / "final")
+        for label, recipe in ([] if args.inits_from else INITS):
             _, raw = load_recipe(ROOT / "recipes" / recipe, [f"seed={seed}", *args.sets])
             raw["phases"] = [p for p in raw["phases"] if p["kind"] == "promed_sft"]
             t0 = time.time()
@@ -131,13 +143,15 @@ def main() -> None:
             s = _run(raw, run_dir)
             record(seed, label, s, time.time() - t0)
             bases[label] = str(run_dir / "final")
-        for label, recipe, init in METHODS:
-            _, raw = load_recipe(ROOT / "recipes" / recipe, [f"seed={seed}", *args.sets])
+        for label, recipe, init, extra in METHODS:
+            if args.methods and label not in args.methods:
+                continue
+            _, raw = load_recipe(ROOT / "recipes" / recipe, [f"seed={seed}", *args.sets, *extra])
             raw = copy.deepcopy(raw)
             raw["policy"] = {"kind": "lm", "path": bases[init], "threads": raw["policy"].get("threads")}
             raw["phases"] = [p for p in raw["phases"] if p["kind"] != "promed_sft"]
             t0 = time.time()
-            s = _run(raw, out / f"seed{seed}" / Path(recipe).stem)
+            s = _run(raw, out / f"seed{seed}" / (Path(recipe).stem + ("-" + "-".join(x.split("=")[1] for x in extra) if extra else "")))
             record(seed, label, s, time.time() - t0)
     report(rows, cmd)
 

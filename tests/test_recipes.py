@@ -22,6 +22,7 @@ FAMILY_KEYS = {
     "pdppo": {"mean_return", "std_return", "mean_cost"},
     "quickstart": {"accuracy", "pass@k", "worked"},
     "search": {"accuracy"},
+    "promed": {"accuracy", "questions", "useless_share", "sig_per_question", "coverage", "bayes_oracle"},
 }
 
 

@@ -15,6 +15,11 @@ learned (the search's answer child is that one too), so answers are consistent w
     answer turn:    r = gamma * 1[right] + format_weight * format
     token t of turn k: r_t = r_k;  A_t = r_t - mean of r over the group's action tokens  (no std)
 
+With ``baseline: per_kind`` (our variant, not the paper's) question tokens are compared with the
+group's question tokens and answer tokens with its answer tokens: pooled, a question's reward
+(~1.2: format + 2 * SIG of ~0.1) sits below the mean that right answers (3 + 1) pull up, so every
+question is pushed down whenever the group answers well -- measured, RL then stops asking.
+
 ``credit: episode`` is the outcome-only baseline's standard GRPO instead: every token of an episode
 gets the episode's summed reward minus the group's mean episode reward (no std). The update is
 GRPO's (clipped ratio, KL to the phase's starting policy).
@@ -29,15 +34,17 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from warmstart.engine.config import PhaseConfig
-from warmstart.episode import Episode
+from warmstart.config import PhaseConfig
+from warmstart.contracts import MultiTurnTask, PhaseBase, TokenPolicy
+from warmstart.episode import Episode, collate
 from warmstart.errors import ConfigError
-from warmstart.init.sft import sft_update
-from warmstart.learn.grpo import GRPOConfig, GRPOPhase
+from warmstart.functional import group_advantages
+from warmstart.learn.grpo import GRPOConfig, frozen_copy, grpo_update, throughput
 from warmstart.learn.multi_turn import per_turn_to_tokens
 from warmstart.learn.optim import OptimizerPhase, Schedule, lr_at, make_adamw, set_lr
+from warmstart.learn.supervised import sft_update
 from warmstart.registry import PHASES
-from warmstart.rollout.multi_turn import multi_turn_rollout
+from warmstart.rollout import Sampling, rollout
 from warmstart.search.mcts import MCTS, most_visited_path
 from warmstart.tasks.promed import (
     DialogueTreeEnv,
@@ -134,6 +141,8 @@ class ProMedSFTConfig(PhaseConfig):
 
 
 class ProMedSFTPhase(OptimizerPhase):
+    key_metrics = ("loss", "tokens_per_s")
+
     def __init__(self, cfg: ProMedSFTConfig, ctx):
         task = _require_promed(ctx.task, cfg.label)
         self.cfg, self.ctx = cfg, ctx
@@ -151,19 +160,18 @@ class ProMedSFTPhase(OptimizerPhase):
         }
         self.opt = make_adamw(ctx.policy.model.parameters(), cfg.lr, cfg.weight_decay, betas=(0.9, 0.98))
 
-    def step(self, global_step: int) -> dict:
+    def step(self, step: int, global_step: int) -> dict:
         cfg = self.cfg
-        set_lr(self.opt, lr_at(self._phase_step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
+        set_lr(self.opt, lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
         gen = self.ctx.generator(global_step)
         idx = torch.randint(len(self.episodes), (cfg.batch_size,), generator=gen).tolist()
         out = sft_update(self.ctx.policy, self.opt, [self.episodes[i] for i in idx], cfg.max_grad_norm)
-        self._phase_step += 1
         out["lr"] = self.opt.param_groups[0]["lr"]
         out.update(self.demo_stats)
         return out
 
 
-@PHASES.register("promed_sft", ProMedSFTConfig)
+@PHASES.register("promed_sft", ProMedSFTConfig, requires={"task": MultiTurnTask, "policy": TokenPolicy})
 def make_promed_sft(cfg: ProMedSFTConfig, ctx) -> ProMedSFTPhase:
     """ProMed warm start: SFT on dialogues found by MCTS over the dialogue tree (or scripted ones)."""
     return ProMedSFTPhase(cfg, ctx)
@@ -187,6 +195,10 @@ class ProMedGRPOConfig(GRPOConfig):
     credit: Literal["turn", "episode"] = Field(
         "turn", description="'turn': each turn's tokens get that turn's reward, minus the group's token mean (ProMed); "
                             "'episode': every token gets the episode's total reward minus the group's mean (outcome RL)")
+    baseline: Literal["pooled", "per_kind"] = Field(
+        "pooled", description="credit 'turn': subtract the mean over all the group's action tokens (the paper), or "
+                              "separate means over question tokens and over final-turn tokens (ours: the answer's "
+                              "larger reward then no longer makes every question look bad)")
 
 
 def weighted_turn_rewards(episodes: list[Episode], cfg: ProMedGRPOConfig, num_turns: int) -> torch.Tensor:
@@ -199,57 +211,98 @@ def weighted_turn_rewards(episodes: list[Episode], cfg: ProMedGRPOConfig, num_tu
     return out
 
 
-def token_mean_advantages(token_rewards: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """(B, T) ``r_t - mean of r over the action tokens of the row's group`` (0 off the mask)."""
+def token_mean_advantages(token_rewards: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor,
+                          kinds: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) ``r_t - mean of r over the action tokens of the row's group`` (0 off the mask).
+
+    With ``kinds`` ((B, T) integer token classes, e.g. 0 = question, 1 = final turn), the mean is
+    taken per (group, class): each token is compared with the group's tokens of its own class."""
     m = mask.float()
-    uniq, inv = torch.unique(groups, return_inverse=True)
-    tot = torch.zeros(len(uniq)).index_add_(0, inv, (token_rewards * m).sum(1))
-    cnt = torch.zeros(len(uniq)).index_add_(0, inv, m.sum(1))
+    uniq, inv = torch.unique(groups, return_inverse=True)  # inv: (B,)
+    if kinds is None:
+        kinds = torch.zeros_like(token_rewards, dtype=torch.long)
+    n_kinds = int(kinds.max()) + 1 if kinds.numel() else 1
+    cell = inv.unsqueeze(1) * n_kinds + kinds  # (B, T) index of the (group, class) cell
+    tot = torch.zeros(len(uniq) * n_kinds).index_add_(0, cell.flatten(), (token_rewards * m).flatten())
+    cnt = torch.zeros(len(uniq) * n_kinds).index_add_(0, cell.flatten(), m.flatten())
     mean = tot / cnt.clamp(min=1.0)
-    return (token_rewards - mean[inv].unsqueeze(1)) * m
+    return (token_rewards - mean[cell]) * m
 
 
-class ProMedGRPOPhase(GRPOPhase):
-    needs_recipe_rewards = False  # the task's per-turn terms are the reward
+def final_turn_tokens(episodes: list[Episode], turn_index: torch.Tensor) -> torch.Tensor:
+    """(B, T-1) 1 on the tokens of each episode's last turn (its answer, or the turn that ended it), else 0."""
+    last = torch.tensor([len(e.turns) - 1 for e in episodes]).unsqueeze(1)  # (B, 1)
+    return ((turn_index == last) & (turn_index >= 0)).long()
+
+
+class ProMedGRPOPhase(PhaseBase):
+    """GRPO over diagnosis dialogues, read in run order: collect (the one rollout; the patient
+    answers every question) -> score (the task's per-turn terms, weighted) -> advantages (per token,
+    ``credit``) -> update (:func:`~warmstart.learn.grpo.grpo_update`, KL to the phase's start)."""
+
+    key_metrics = ("reward", "accuracy", "questions", "useless_share")
 
     def __init__(self, cfg: ProMedGRPOConfig, ctx):
         self.task = _require_promed(ctx.task, cfg.label)
-        super().__init__(cfg, ctx)
-        self._dialogue_stats: dict[str, float] = {}
+        self.cfg, self.ctx, self.policy = cfg, ctx, ctx.policy
+        self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay)
+        self.reference = None
 
-    def collect(self, global_step: int) -> tuple[list[Episode], dict]:
-        cfg, ctx = self.cfg, self.ctx
+    def on_start(self, step: int) -> None:
+        if self.cfg.beta > 0 and self.reference is None:
+            self.reference = frozen_copy(self.policy.model)
+
+    def step(self, step: int, global_step: int) -> dict:
+        cfg, ctx, K = self.cfg, self.ctx, self.task.max_turns
+        set_lr(self.opt, lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup))
+        t0 = time.time()
+        # collect: G dialogues per case, the patient answering each question
         gen = ctx.generator(global_step)
         problems = self.task.sample_problems(cfg.prompts_per_step, gen)
-        eps, stats = multi_turn_rollout(self.policy, self.task, problems, cfg.group_size, cfg.temperature, cfg.top_p,
-                                        gen, None, cfg.max_new_tokens, None, cfg.sample_batch_size)
-        r = weighted_turn_rewards(eps, cfg, self.task.max_turns).sum(1)
-        for b, e in enumerate(eps):
-            e.reward = float(r[b])  # the episode's total, for logging and drop_uniform_groups
-        self._dialogue_stats = self.task.dialogue_metrics(eps)
-        return eps, stats
-
-    def token_advantages(self, episodes: list[Episode], batch) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
-        R = weighted_turn_rewards(episodes, cfg, self.task.max_turns)  # (B, K)
-        if cfg.credit == "episode":
-            total = R.sum(1)  # (B,)
-            uniq, inv = torch.unique(batch.groups, return_inverse=True)
-            mean = torch.zeros(len(uniq)).index_add_(0, inv, total) / torch.zeros(len(uniq)).index_add_(0, inv, torch.ones_like(total))
-            adv = (total - mean[inv]).unsqueeze(1) * batch.action_mask.float()
-        else:
-            r_tok = per_turn_to_tokens(R, batch.turn_index)  # (B, T-1)
-            adv = token_mean_advantages(r_tok, batch.action_mask, batch.groups)
-        return adv, torch.full_like(batch.old_logprobs, cfg.beta)
-
-    def step(self, global_step: int) -> dict:
-        metrics = super().step(global_step)
-        metrics.pop("accuracy", None)  # the generic text check does not apply; the dialogue's is below
-        metrics.update(self._dialogue_stats)
+        sampling = Sampling(cfg.max_new_tokens or self.task.max_new_tokens, cfg.temperature, cfg.top_p,
+                            batch_size=cfg.sample_batch_size)
+        episodes, stats = rollout(self.policy, problems, task=self.task, samples=cfg.group_size, sampling=sampling,
+                                  generator=gen)
+        # score: the weighted per-turn terms
+        R = weighted_turn_rewards(episodes, cfg, K)  # (B, K)
+        for b, e in enumerate(episodes):
+            e.reward = float(R[b].sum())
+        metrics = {"reward": float(R.sum(1).mean())}
+        metrics.update(self.task.dialogue_metrics(episodes))
+        # advantages per token
+        batch = collate(episodes, self.policy.pad_id)
+        adv = self.token_advantages(R, batch, episodes)
+        kl_coef = torch.full_like(batch.old_logprobs, cfg.beta)
+        # update
+        upd = grpo_update(self.policy, self.opt, batch, adv, kl_coef, self.reference, cfg, ctx.generator(global_step, salt=1))
+        metrics.update(upd)
+        metrics["lr"] = self.opt.param_groups[0]["lr"]
+        metrics.update(throughput(stats, upd["trained_tokens"], t0))
         return metrics
 
+    def token_advantages(self, R: torch.Tensor, batch, episodes: list[Episode]) -> torch.Tensor:
+        """(B, T-1) advantages from the (B, K) weighted turn rewards (see the module docstring)."""
+        if self.cfg.credit == "episode":
+            total = R.sum(1)  # (B,)
+            return group_advantages(total, batch.groups, "none").unsqueeze(1) * batch.action_mask.float()
+        r_tok = per_turn_to_tokens(R, batch.turn_index)  # (B, T-1)
+        kinds = final_turn_tokens(episodes, batch.turn_index) if self.cfg.baseline == "per_kind" else None
+        return token_mean_advantages(r_tok, batch.action_mask, batch.groups, kinds)
 
-@PHASES.register("promed_grpo", ProMedGRPOConfig)
+    def state_dict(self) -> dict:
+        st = {"opt": self.opt.state_dict()}
+        if self.reference is not None:
+            st["ref"] = self.reference.state_dict()
+        return st
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        if "ref" in state:
+            self.reference = frozen_copy(self.policy.model)
+            self.reference.load_state_dict(state["ref"])
+
+
+@PHASES.register("promed_grpo", ProMedGRPOConfig, requires={"task": MultiTurnTask, "policy": TokenPolicy})
 def make_promed_grpo(cfg: ProMedGRPOConfig, ctx) -> ProMedGRPOPhase:
     """ProMed RL: GRPO over diagnosis dialogues with SIG rewards on question turns (or outcome-only)."""
     return ProMedGRPOPhase(cfg, ctx)

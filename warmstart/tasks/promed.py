@@ -39,12 +39,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from warmstart.engine.config import PluginConfig
+from warmstart.config import PluginConfig
 from warmstart.errors import ConfigError
+from warmstart.functional import exact_shapley, monte_carlo_shapley, shapley_information_gain, shapley_weights
 from warmstart.registry import TASKS
-from warmstart.rewards.shapley import exact_shapley, monte_carlo_shapley, shapley_information_gain, shapley_weights
-from warmstart.rollout.multi_turn import TurnResult, multi_turn_rollout
-from warmstart.tasks.base import Problem
+from warmstart.tasks.base import Problem, TurnResult
 
 # Facts are named by single letters: a character-level model reads each in one token, which makes
 # the dialogue text ~2x shorter and, measured, ~3x cheaper per SFT step than symptom words.
@@ -494,6 +493,7 @@ class ProMedTask:
     ``episode.info["dialogue"]`` for the metrics.
     """
 
+    answer_marker = "answer "
     max_new_tokens = 14  # "answer angina" + EOS; 11 turns with the longest replies fit in 640 positions
 
     def __init__(self, cfg: ProMedConfig, split: str = "train", seed: int = 0):
@@ -598,14 +598,23 @@ class ProMedTask:
             "bayes_greedy_questions": sum(len(g.questions) for g in greedy) / n,
         }
 
-    def evaluate(self, policy, eval_cfg, ctx=None) -> dict:
-        problems = self.eval_problems(eval_cfg.n)
-        eps, _ = multi_turn_rollout(policy, self, problems, 1, temperature=0.0,
-                                    max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size)
-        out = {"n": len(problems)}
-        out.update(self.dialogue_metrics(eps))
+    # -- the rest of the multi-turn task contract (verifier, metrics)
+    def is_correct(self, text: str, problem_answer: str) -> bool:
+        """Whether a doctor turn (or a dialogue's text ending with one) answers ``problem_answer``."""
+        t = parse_turn(text.strip().split("\n")[-1])
+        return t.kind == "answer" and t.word == problem_answer
+
+    def episode_metrics(self, texts: list[str]) -> dict[str, float]:
+        return {}
+
+    def turn_metrics(self, episodes) -> dict[str, float]:
+        """What evaluation reports: :meth:`dialogue_metrics`, the Bayes ceilings on the same cases,
+        the number of cases and the mean dialogue length in tokens."""
+        problems = [Problem(e.prompt, e.info["answer"], info={"case": e.info["case"]}) for e in episodes]
+        out = {"n": len(episodes)}
+        out.update(self.dialogue_metrics(episodes))
         out.update(self.bayes_ceilings(problems))
-        out["mean_tokens"] = sum(len(e.ids) for e in eps) / max(len(eps), 1)
+        out["mean_tokens"] = sum(len(e.ids) for e in episodes) / max(len(episodes), 1)
         return out
 
 
