@@ -35,11 +35,11 @@ import torch
 from pydantic import Field
 
 from warmstart.config import PhaseConfig
-from warmstart.contracts import MultiTurnTask, PhaseBase, TokenPolicy
+from warmstart.contracts import MultiTurnTask, TokenPolicy
 from warmstart.episode import Episode, collate
 from warmstart.errors import ConfigError
 from warmstart.functional import group_advantages
-from warmstart.learn.grpo import GRPOConfig, frozen_copy, grpo_update, throughput
+from warmstart.learn.grpo import GRPOConfig, OptimizerAndReference, frozen_copy, grpo_update, throughput
 from warmstart.learn.multi_turn import per_turn_to_tokens
 from warmstart.learn.optim import OptimizerPhase, Schedule, lr_at, make_adamw, set_lr
 from warmstart.learn.supervised import sft_update
@@ -235,7 +235,7 @@ def final_turn_tokens(episodes: list[Episode], turn_index: torch.Tensor) -> torc
     return ((turn_index == last) & (turn_index >= 0)).long()
 
 
-class ProMedGRPOPhase(PhaseBase):
+class ProMedGRPOPhase(OptimizerAndReference):
     """GRPO over diagnosis dialogues, read in run order: collect (the one rollout; the patient
     answers every question) -> score (the task's per-turn terms, weighted) -> advantages (per token,
     ``credit``) -> update (:func:`~warmstart.learn.grpo.grpo_update`, KL to the phase's start)."""
@@ -246,7 +246,6 @@ class ProMedGRPOPhase(PhaseBase):
         self.task = _require_promed(ctx.task, cfg.label)
         self.cfg, self.ctx, self.policy = cfg, ctx, ctx.policy
         self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay)
-        self.reference = None
 
     def on_start(self, step: int) -> None:
         if self.cfg.beta > 0 and self.reference is None:
@@ -288,18 +287,6 @@ class ProMedGRPOPhase(PhaseBase):
         r_tok = per_turn_to_tokens(R, batch.turn_index)  # (B, T-1)
         kinds = final_turn_tokens(episodes, batch.turn_index) if self.cfg.baseline == "per_kind" else None
         return token_mean_advantages(r_tok, batch.action_mask, batch.groups, kinds)
-
-    def state_dict(self) -> dict:
-        st = {"opt": self.opt.state_dict()}
-        if self.reference is not None:
-            st["ref"] = self.reference.state_dict()
-        return st
-
-    def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state["opt"])
-        if "ref" in state:
-            self.reference = frozen_copy(self.policy.model)
-            self.reference.load_state_dict(state["ref"])
 
 
 @PHASES.register("promed_grpo", ProMedGRPOConfig, requires={"task": MultiTurnTask, "policy": TokenPolicy})
