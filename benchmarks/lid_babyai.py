@@ -19,6 +19,7 @@ thing at a time.
 
     python benchmarks/lid_babyai.py [--seeds 1 2 3] [--layers 1] [--out benchmarks/lid_babyai.json]
     python benchmarks/lid_babyai.py --speed
+    python benchmarks/lid_babyai.py --report benchmarks/lid_babyai.json [more.json ...]
 """
 
 from __future__ import annotations
@@ -167,11 +168,22 @@ def main() -> None:
     p.add_argument("--eval", type=int, default=200, help="evaluation episodes per split")
     p.add_argument("--max-steps", type=int, default=20, help="episode cap (the level's own is 64)")
     p.add_argument("--speed", action="store_true")
+    p.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                   help="print the tables from result files of earlier runs (e.g. seeds run as separate processes)")
     p.add_argument("--out", default=str(Path(__file__).with_name("lid_babyai.json")))
     ARGS = p.parse_args()
     torch.set_num_threads(1)
     if ARGS.speed:
         return speed()
+    if ARGS.report:
+        files = [json.loads(Path(f).read_text()) for f in ARGS.report]
+        results = sorted((r for f in files for r in f["results"]), key=lambda r: r["seed"])
+        summarize(results, files[0]["ceiling"])
+        print(f"\n`{command_line()}`; runs: " + "; ".join(f"seeds {[r['seed'] for r in f['results']]} with "
+                                                         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in f["args"].items()
+                                                                    if k in ("layers", "demos", "bc_updates", "rounds", "round_env_steps", "round_updates", "eval", "max_steps", "lr"))
+                                                         for f in files))
+        return
     from warmstart.tasks import babyai as B
 
     split = B.TaskSplit.from_names()

@@ -215,21 +215,21 @@ def test_tiny_policy_save_load(tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_variants_save_load_and_copy_the_lm(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
 
     from warmstart.policies import load_policy
     from warmstart.policies.lid import LIDPolicy
     from warmstart.policies.pretrained import smollm2_path
 
     path = smollm2_path()
-    lm = AutoModelForCausalLM.from_pretrained(path)
-    tok = AutoTokenizer.from_pretrained(path)
+    lm = load_file(str(path / "model.safetensors"))  # the LM's own tensors, for comparison
+    red = lm["model.embed_tokens.weight"][AutoTokenizer.from_pretrained(path).encode(" red", add_special_tokens=False)[0]]
     enc_obs = [B.describe({"image": _hand_made_view(), "mission": "go to the red ball"}, [0, 2], 4)]
     for init in ("pretrained", "random"):
         pol = LIDPolicy.from_lm(path, 1, init=init)
-        red = lm.model.embed_tokens.weight[tok.encode(" red", add_special_tokens=False)[0]]
         same_emb = torch.equal(pol.words.weight[B.VOCAB.index("red")], red)
-        same_layer = torch.equal(pol.backbone.layers[0].mlp.up_proj.weight, lm.model.layers[0].mlp.up_proj.weight)
+        same_layer = torch.equal(pol.backbone.layers[0].mlp.up_proj.weight, lm["model.layers.0.mlp.up_proj.weight"])
         assert same_emb == same_layer == (init == "pretrained")
         pol.save(tmp_path / init)
         back = load_policy(tmp_path / init)
