@@ -81,6 +81,10 @@ class DynamicsEnsemble(torch.nn.Module):
         return obs + chosen[:, :-1], chosen[:, -1]
 
 
+def dynamics_optimizer(model: DynamicsEnsemble) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=model.cfg.lr, weight_decay=model.cfg.weight_decay)
+
+
 def fit_dynamics(
     model: DynamicsEnsemble,
     obs: torch.Tensor,
@@ -89,18 +93,22 @@ def fit_dynamics(
     rew: torch.Tensor,
     steps: int,
     gen: torch.Generator,
+    optimizer: torch.optim.Optimizer | None = None,
+    split_seed: int = 0,
 ) -> dict[str, float]:
-    """Train every member on the same minibatches for ``steps`` steps, then choose the elites by
-    held-out MSE. All inputs are tensors over the dataset: (N, D), (N, A), (N, D), (N,)."""
+    """Train every member on the same minibatches for ``steps`` steps, then (re)choose the elites
+    by held-out MSE. Inputs are tensors over the dataset: (N, D), (N, A), (N, D), (N,). The held-out
+    split depends on ``split_seed`` only, so repeated calls (one per engine step, with the same
+    ``optimizer``) continue one training run."""
     cfg = model.cfg
     target = torch.cat([next_obs - obs, rew.unsqueeze(-1)], -1)  # (N, D+1)
-    perm = torch.randperm(len(obs), generator=gen)
+    perm = torch.randperm(len(obs), generator=torch.Generator().manual_seed(split_seed))
     n_hold = max(1, int(cfg.holdout * len(obs)))
     hold, train = perm[:n_hold], perm[n_hold:]
     with torch.no_grad():
         model.target_mean.copy_(target[train].mean(0))
         model.target_std.copy_(target[train].std(0).clamp(min=1e-6))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = optimizer or dynamics_optimizer(model)
     loss = torch.tensor(0.0)
     for _ in range(steps):
         idx = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]

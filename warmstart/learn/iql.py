@@ -89,7 +89,7 @@ class IQLCritics(torch.nn.Module):
         with torch.no_grad():
             for p, pt in zip(self.q.parameters(), self.q_target.parameters()):
                 pt.lerp_(p, cfg.polyak)
-        return {"loss_v": float(v_loss), "loss_q": float(q_loss), "q_mean": float(q.mean()), "v_mean": float(v.mean())}
+        return {"loss_v": v_loss.item(), "loss_q": q_loss.item(), "q_mean": q.detach().mean().item(), "v_mean": v.detach().mean().item()}
 
 
 def mc_returns(rewards: np.ndarray, episode_index: np.ndarray, gamma: float) -> np.ndarray:
@@ -101,11 +101,16 @@ def mc_returns(rewards: np.ndarray, episode_index: np.ndarray, gamma: float) -> 
 
 
 def fit_value(
-    net: torch.nn.Module, obs: torch.Tensor, returns: torch.Tensor, steps: int, batch_size: int, lr: float, gen: torch.Generator
+    net: torch.nn.Module,
+    obs: torch.Tensor,
+    returns: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    gen: torch.Generator,
+    opt: torch.optim.Optimizer,
 ) -> float:
-    """Regress ``net(obs) -> returns`` by minibatch MSE; returns the final loss. ``net`` maps
-    (B, D) to (B, 1) (an ``MLPPolicy`` critic)."""
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    """``steps`` minibatch regressions of ``net(obs) -> returns``; returns the last loss. ``net``
+    maps (B, D) to (B, 1) (an ``MLPPolicy`` critic)."""
     loss = torch.tensor(0.0)
     for _ in range(steps):
         idx = torch.randint(len(obs), (batch_size,), generator=gen)

@@ -11,8 +11,8 @@ are) trains a Gaussian MLP policy on the env and yields three datasets:
   can afford, not D4RL's SAC expert; its greedy return is stored beside the data.
 
 Everything is seeded from ``seed`` (one thread: the same numbers on every CPU run), and the result
-is cached: a generation whose settings hash matches the one stored in ``warmstart.json`` beside the
-data is loaded instead of being recomputed. ``ref_min_score`` is the mean return of a uniform random
+is cached under ``data_dir/<hash of the settings>/``: a generation whose settings hash matches the one
+stored in ``warmstart.json`` beside the data is loaded instead of being recomputed. ``ref_min_score`` is the mean return of a uniform random
 policy measured on the env; ``ref_max_score`` is D4RL's Hopper expert reference (3234.3), so
 normalised scores read like D4RL's.
 """
@@ -24,11 +24,13 @@ import hashlib
 import json
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
+
+from warmstart.engine.config import Strict
 
 from warmstart.errors import DataError
 from warmstart.tasks.offline import (
@@ -44,26 +46,25 @@ from warmstart.tasks.offline import (
 KINDS = ("medium", "medium-replay", "medium-expert")
 
 
-@dataclass
-class DataGenConfig:
+class DataGenConfig(Strict):
     """How the datasets are made (every field enters the cache key)."""
 
-    env_id: str = "Hopper-v5"
-    seed: int = 0
-    hidden: list[int] = field(default_factory=lambda: [64, 64])
-    num_envs: int = 4
-    num_steps: int = 512  # per env per PPO iteration: 2048 env steps an iteration, as CleanRL's MuJoCo PPO
-    medium_iters: int = 60
-    expert_iters: int = 150
-    record_steps: int = 50_000  # env steps recorded with each of the medium and expert policies
-    lr: float = 3e-4
-    update_epochs: int = 10
-    num_minibatches: int = 32
-    ent_coef: float = 0.0
-    random_episodes: int = 20  # episodes of a random policy for ref_min_score
+    env_id: str = Field("Hopper-v5", description="Gymnasium id of the env the data is recorded on")
+    seed: int = Field(0, description="seed of the PPO run and of the recording (the data's seed, not the learner's)")
+    hidden: list[int] = Field([64, 64], description="hidden sizes of the PPO policy that makes the data")
+    num_envs: int = Field(4, ge=1, description="parallel envs of the PPO run and of the recording")
+    num_steps: int = Field(512, ge=1, description="steps per env per PPO iteration (2048 env steps an iteration, as CleanRL's MuJoCo PPO)")
+    medium_iters: int = Field(60, ge=1, description="PPO iterations before the 'medium' policy is taken")
+    expert_iters: int = Field(150, ge=1, description="PPO iterations in all; the policy at the end is the 'expert'")
+    record_steps: int = Field(50_000, ge=1, description="env steps recorded with each of the medium and expert policies")
+    lr: float = Field(3e-4, gt=0, description="PPO learning rate (annealed to 0 over expert_iters)")
+    update_epochs: int = Field(10, ge=1, description="PPO epochs per iteration")
+    num_minibatches: int = Field(32, ge=1, description="PPO minibatches per epoch")
+    ent_coef: float = Field(0.0, ge=0, description="PPO entropy bonus")
+    random_episodes: int = Field(20, ge=1, description="episodes of a uniform random policy for ref_min_score")
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
 
     def dataset_id(self, kind: str) -> str:
         env = self.env_id.split("-")[0].lower()
@@ -165,10 +166,12 @@ def record(policy, task, steps: int, seed: int, num_envs: int) -> list[Episode]:
     return eps
 
 
-def generate(cfg: DataGenConfig, root: str | Path, log=print) -> dict[str, OfflineDataset]:
-    """Make (or load from the cache under ``root``) the three datasets of ``cfg``."""
-    root = Path(root)
+def generate(cfg: DataGenConfig, data_dir: str | Path, log=print) -> dict[str, OfflineDataset]:
+    """Make (or load from the cache) the three datasets of ``cfg``. They live under
+    ``data_dir/<generation key>/`` -- a Minari root of their own, so datasets made with other
+    settings never overwrite them."""
     key = cfg.key()
+    root = Path(data_dir) / key
     cached = {}
     for kind in KINDS:
         try:
@@ -225,7 +228,7 @@ def _generate(cfg: DataGenConfig, root: Path, key: str, log) -> dict[str, Offlin
     ref_min = random_return(cfg.env_id, cfg.random_episodes, cfg.seed)
     medium = record(medium_policy, task, cfg.record_steps, cfg.seed + 1000, cfg.num_envs)
     expert = record(policy, task, cfg.record_steps, cfg.seed + 2000, cfg.num_envs)
-    meta = {"key": key, "config": asdict(cfg), "generation_s": round(time.time() - t0, 1)}
+    meta = {"key": key, "config": cfg.model_dump(), "generation_s": round(time.time() - t0, 1)}
     out = {}
     parts = {"medium": medium, "medium-replay": replay, "medium-expert": medium + expert}
     for kind, eps in parts.items():

@@ -71,6 +71,12 @@ class PPOConfig(PhaseConfig):
         False, description="scale rewards by a running std of the discounted return (Gymnasium's NormalizeReward)"
     )
     reward_clip: float = Field(10.0, gt=0, description="clip normalised rewards to [-reward_clip, reward_clip]")
+    reward_scale: float = Field(
+        1.0, gt=0, description="multiply env rewards by this constant (Uni-O4: the scale its offline critic was trained at)"
+    )
+    freeze_obs_norm: bool = Field(
+        False, description="keep the policy's observation statistics fixed (Uni-O4: the offline dataset's)"
+    )
     critic: Literal["single", "dual"] = Field(
         "single", description="'dual': PDPPO's second critic on post-decision states (needs post_critic: true in the policy)"
     )
@@ -132,7 +138,7 @@ def collect(policy, envs, next_obs: torch.Tensor, cfg: PPOConfig, scaler: Reward
     post_obs, post_values = (torch.zeros((T, N, D)), torch.zeros((T, N))) if dual else (None, None)
     final_values = {}  # t -> (env indices, V(final obs)) for truncations
     for t in range(T):
-        if policy.cfg.normalize_obs:
+        if policy.cfg.normalize_obs and not cfg.freeze_obs_norm:
             policy.obs_rms.update(next_obs)
         x = policy.normalize_obs(next_obs)  # (N, D)
         a, logp = policy.sample(x)
@@ -149,6 +155,8 @@ def collect(policy, envs, next_obs: torch.Tensor, cfg: PPOConfig, scaler: Reward
             px = policy.normalize_obs(torch.from_numpy(info[POST_KEY]))
             post_obs[t], post_values[t] = px, policy.post_value(px)
         done = te | tr
+        if cfg.reward_scale != 1.0:
+            r = r * cfg.reward_scale
         if scaler is not None:
             r = scaler(r, done)
         rewards[t] = torch.from_numpy(r)

@@ -255,3 +255,32 @@ class OfflinePPO:
         self.optimizer.load_state_dict(s["optimizer"])
         self.updates, self.best = s["updates"], s["best"].clone()
         self.start_scores, self.accepted = s["start_scores"].clone(), s["accepted"].clone()
+
+
+# ----------------------------------------------------------------------------------- selection
+
+
+def evaluate_member(ensemble: GaussianEnsemble, e: int, policy, task, episodes: int, seed: int) -> tuple[float, int]:
+    """(mean greedy return, env steps spent) of member ``e`` over ``episodes`` real episodes, run
+    with a copy of ``policy`` holding the member's actor (``policy`` itself is left as it was)."""
+    from warmstart.engine.config import EvalConfig
+
+    trial = copy.deepcopy(policy)
+    ensemble.export_member(e, trial)
+    ev = task.evaluate(trial, EvalConfig(n=episodes, seed=seed))
+    return float(ev["mean_return"]), int(round(ev["mean_length"] * episodes))
+
+
+def select_member(
+    ensemble: GaussianEnsemble, scores: torch.Tensor, policy, task, top_k: int, episodes: int, seed: int
+) -> tuple[int, dict[str, float]]:
+    """Uni-O4's choice of the policy that goes online: the ``top_k`` members by OPE score, then the
+    best mean return over ``episodes`` real episodes each (``episodes: 0`` picks the OPE best)."""
+    order = torch.argsort(scores, descending=True)[:top_k].tolist()
+    if episodes == 0 or len(order) == 1:
+        return order[0], {"selected": order[0], "selection_env_steps": 0}
+    runs = {e: evaluate_member(ensemble, e, policy, task, episodes, seed) for e in order}
+    best = max(order, key=lambda e: runs[e][0])
+    out = {"selected": best, "selection_env_steps": sum(n for _, n in runs.values())}
+    out.update({f"select_return_{e}": r for e, (r, _) in runs.items()})
+    return best, out
