@@ -110,7 +110,7 @@ def run_seed(seed: int, args, ds, task) -> dict:
     out["offline"] = results
 
     ft = PPOConfig(kind="ppo", steps=args.online_iters, num_envs=4, num_steps=512, lr=args.online_actor_lr,
-                   critic_lr=2e-4, clip_coef=0.05, clip_vloss=False, ent_coef=0.0, num_minibatches=16,
+                   critic_lr=2e-4, clip_coef=0.05, clip_vloss=False, ent_coef=0.01, num_minibatches=16,
                    update_epochs=10, gamma=0.99, gae_lambda=0.95, reward_scale=args.reward_scale,
                    freeze_obs_norm=True, anneal_lr=True, env_seed=30_000 + seed)
     out["online_unio4"] = online(online_policy, task, ds, ft, seed, args.eval_at)

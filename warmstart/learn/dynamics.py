@@ -118,7 +118,7 @@ def fit_dynamics(
         opt.step()
     mse = model.member_mse(obs[hold], act[hold], target[hold])
     model.elite_idx.copy_(mse.argsort()[: cfg.elites])
-    return {"loss_dynamics": float(loss), "holdout_mse": float(mse[model.elite_idx].mean())}
+    return {"loss_dynamics": loss.item(), "holdout_mse": float(mse[model.elite_idx].mean())}
 
 
 @torch.no_grad()

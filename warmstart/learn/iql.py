@@ -118,4 +118,4 @@ def fit_value(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return float(loss)
+    return loss.item()

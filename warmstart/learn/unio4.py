@@ -108,7 +108,7 @@ def ensemble_bc_loss(
             best_other = best_other.detach()
         div = logp - best_other
         loss = loss - alpha * div
-    return loss.mean(1).sum(), {"nll": float(-logp.mean()), "diversity": float(div.mean())}
+    return loss.mean(1).sum(), {"nll": -logp.detach().mean().item(), "diversity": div.detach().mean().item()}
 
 
 def bc_step(ensemble, optimizer, data: OfflineTensors, batch_size: int, alpha: float, gen: torch.Generator) -> dict[str, float]:
@@ -117,7 +117,7 @@ def bc_step(ensemble, optimizer, data: OfflineTensors, batch_size: int, alpha: f
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return {"loss_bc": float(loss), **m}
+    return {"loss_bc": loss.item(), **m}
 
 
 # ---------------------------------------------------------------------------- offline multi-step PPO
@@ -143,7 +143,7 @@ def offline_ppo_loss(
     with torch.no_grad():
         kl = approx_kl(logp.detach(), logp_old).mean()
         clipfrac = ((ratio - 1.0).abs() > clip).float().mean()
-    return loss.mean(1).sum(), {"loss_policy": float(loss.mean()), "approx_kl": float(kl), "clipfrac": float(clipfrac)}
+    return loss.mean(1).sum(), {"loss_policy": loss.detach().mean().item(), "approx_kl": float(kl), "clipfrac": float(clipfrac)}
 
 
 def deterministic_actions(ensemble: GaussianEnsemble):
