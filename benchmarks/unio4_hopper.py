@@ -23,7 +23,7 @@ import torch
 
 from _vector_common import command_line, machine, table  # noqa: E402  (adds the repo to sys.path)
 
-from warmstart.engine.config import EvalConfig
+from warmstart.config import EvalConfig
 from warmstart.engine.run import seed_everything, step_seed
 from warmstart.learn.dynamics import DynamicsConfig, DynamicsEnsemble, fit_dynamics
 from warmstart.learn.iql import IQLConfig, IQLCritics, fit_value, mc_returns

@@ -28,7 +28,7 @@ import torch
 
 from _vector_common import command_line, machine, table  # noqa: E402  (adds the repo to sys.path)
 
-from warmstart.engine.config import EvalConfig
+from warmstart.config import EvalConfig
 from warmstart.learn.offline_data import DataGenConfig, generate
 from warmstart.tasks.gym import GymTask, GymTaskConfig
 

@@ -241,3 +241,105 @@ def test_ensemble_member_exports_to_an_mlp_policy():
     other = EnsembleMLP(3, 5, [8, 8], 2)
     other.load_member(0, ens.mean_net.member_state(2))
     torch.testing.assert_close(other(x)[0], ens.mean(x)[2])
+
+
+# ------------------------------------------------------------------------------ recipes and resume
+
+UNIO4_RECIPES = ["unio4-hopper", "unio4-hopper-onestep", "unio4-hopper-bc", "unio4-hopper-data"]
+
+
+def _timing(key: str) -> bool:
+    return key.endswith(("_per_s", "_s")) or key == "sps"
+
+
+def _rows(run_dir):
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not _timing(k)} for r in rows]
+
+
+@pytest.fixture
+def in_tmp_cwd(tmp_path, monkeypatch):
+    """Recipes cache their data under ./.cache: keep the tests' tiny datasets out of the repo."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", UNIO4_RECIPES)
+def test_unio4_recipe_smoke(name, root, in_tmp_cwd):
+    import json
+
+    import minari
+
+    from warmstart.engine.config import load_recipe
+    from warmstart.engine.run import run_recipe
+    from warmstart.tasks.offline import minari_root
+
+    recipe, raw = load_recipe(root / "recipes" / f"{name}.yaml", smoke=True)
+    assert recipe.description
+    run_recipe(recipe, raw, run_dir=in_tmp_cwd / "run", smoke=True, quiet=True)
+    summary = json.loads((in_tmp_cwd / "run" / "summary.json").read_text())
+    # the data is a Minari dataset another library can open
+    (key_dir,) = (in_tmp_cwd / ".cache" / "minari").iterdir()
+    with minari_root(key_dir):
+        assert minari.load_dataset("warmstart-hopper/medium-s0-v0").total_steps >= 300
+    if name == "unio4-hopper-data":
+        return
+    assert {"normalized_return", "mean_return"} <= set(summary["offline"])
+    assert summary["offline"] == summary["phases"]["offline"]
+    if name == "unio4-hopper":
+        curve = summary["curves"]["online"]
+        assert [p["env_steps"] for p in curve] == [256]  # eval_every 1 of a 2-step phase of 256 env steps
+        assert "normalized_return" in summary["final"]
+        rows = [r for r in _rows(in_tmp_cwd / "run") if r["phase"] == "offline"]
+        assert rows[-1]["accepted"] >= 0 and "selected" in rows[-1]
+
+
+@pytest.mark.slow
+def test_offline_to_online_resume_is_exact(root, in_tmp_cwd, monkeypatch):
+    """Kill the run inside offline PPO (after a checkpoint there), resume: every metric of the
+    offline and online phases equals the uninterrupted run's. Artifacts (critics, dynamics, BC
+    ensemble, the dataset's path) come back from the run directory."""
+    from warmstart.engine.config import load_recipe
+    from warmstart.engine.run import run_recipe
+    from warmstart.errors import WarmstartError
+    from warmstart.learn.unio4_phases import OfflinePPOPhase
+
+    sets = ["checkpoint.every=2"]
+    recipe, raw = load_recipe(root / "recipes" / "unio4-hopper.yaml", sets, smoke=True)
+    run_recipe(recipe, raw, run_dir=in_tmp_cwd / "straight", smoke=True, quiet=True)
+
+    real_step = OfflinePPOPhase.step
+
+    def crash(self, step, global_step):
+        if global_step == 10:  # the second offline step, after the checkpoint at global step 10
+            raise KeyboardInterrupt
+        return real_step(self, step, global_step)
+
+    monkeypatch.setattr(OfflinePPOPhase, "step", crash)
+    recipe, raw = load_recipe(root / "recipes" / "unio4-hopper.yaml", sets, smoke=True)
+    with pytest.raises(WarmstartError, match="interrupted"):
+        run_recipe(recipe, raw, run_dir=in_tmp_cwd / "resumed", smoke=True, quiet=True)
+    monkeypatch.setattr(OfflinePPOPhase, "step", real_step)
+    from warmstart.learn import unio4_phases
+
+    unio4_phases._LOADED.clear()  # as in a fresh process
+    recipe, raw = load_recipe(root / "recipes" / "unio4-hopper.yaml", sets, smoke=True)
+    run_recipe(recipe, raw, run_dir=in_tmp_cwd / "resumed", resume=True, smoke=True, quiet=True)
+    straight, resumed = _rows(in_tmp_cwd / "straight"), _rows(in_tmp_cwd / "resumed")
+    assert any(r["phase"] == "online" for r in resumed)
+    assert straight == resumed
+
+
+def test_data_from_another_env_is_refused(root):
+    from warmstart.engine.config import load_recipe
+    from warmstart.engine.run import build_context
+    from warmstart.errors import ConfigError
+    from warmstart.registry import PHASES
+
+    recipe, _ = load_recipe(root / "recipes" / "unio4-hopper-data.yaml", ["phases.0.generation.env_id=Walker2d-v5"], smoke=True)
+    ctx = build_context(recipe)
+    with pytest.raises(ConfigError, match="generation.env_id 'Walker2d-v5' differs from task.env_id 'Hopper-v5'"):
+        PHASES.get("offline_data").factory(recipe.phases[0], ctx)

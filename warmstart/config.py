@@ -30,6 +30,9 @@ class PhaseConfig(PluginConfig):
         "learn", description="'init' phases produce the warm start reported as summary['init']"
     )
     eval_every: int = Field(0, ge=0, description="evaluate every N steps during the phase (0: only at its end)")
+    report_as: str | None = Field(
+        None, description="also report this phase's final evaluation at the top of summary.json under this key (e.g. 'offline')"
+    )
 
     @property
     def label(self) -> str:

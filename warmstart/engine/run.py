@@ -36,6 +36,7 @@ from warmstart.rewards import RewardSet
 from warmstart.rollout.evaluate import evaluate
 
 STATE_FILE = "trainer_state.pt"
+CURVES = "_curves"  # key of the during-phase evaluations inside the checkpointed evals
 
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
     """A distinct, reproducible seed for every (run seed, global step, salt)."""
@@ -230,6 +231,8 @@ def run_recipe(
                     if pcfg.eval_every and (k + 1) % pcfg.eval_every == 0 and k + 1 < pcfg.steps:
                         ev = _evaluate(ctx, pcfg.label, global_step, quiet=True)
                         ctx.logger.write({"step": global_step, "phase": "eval", "during": pcfg.label, **_flat(ev)})
+                        point = {"step": global_step, "phase_step": k + 1, **_curve_x(metrics), **ev}
+                        evals.setdefault(CURVES, {}).setdefault(pcfg.label, []).append(point)
                     every = recipe.checkpoint.every
                     if every and global_step % every == 0 and k + 1 < pcfg.steps:
                         _checkpoint(ctx, global_step, pi, k + 1, phase, evals)
@@ -301,6 +304,11 @@ def _checkpoint(ctx, global_step, phase_index, phase_step, phase, evals):
     save_checkpoint(ctx, global_step, state)
 
 
+def _curve_x(metrics: dict) -> dict:
+    """What places a during-phase evaluation on a learning curve besides the step (env steps)."""
+    return {"env_steps": metrics["env_steps"]} if "env_steps" in metrics else {}
+
+
 def _summary(recipe, phases_cfg, evals, steps, seconds, run_dir) -> dict:
     init_label = None
     for p in phases_cfg:
@@ -309,12 +317,19 @@ def _summary(recipe, phases_cfg, evals, steps, seconds, run_dir) -> dict:
     labels = [p.label for p in phases_cfg]
     init = evals.get(init_label) if init_label else evals.get("start")
     final = evals.get(labels[-1]) if labels else evals.get("start")
-    return {
+    out = {
         "recipe": recipe.name,
         "run_dir": str(run_dir),
         "steps": steps,
         "time_s": round(seconds, 1),
         "init": init,
         "final": final,
-        "phases": evals,
+        "phases": {k: v for k, v in evals.items() if k != CURVES},
     }
+    for p in phases_cfg:
+        if p.report_as:
+            out[p.report_as] = evals.get(p.label)
+    if evals.get(CURVES):
+        # the evaluations during phases with eval_every (the end of each phase is in "phases")
+        out["curves"] = evals[CURVES]
+    return out

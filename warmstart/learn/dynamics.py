@@ -14,7 +14,8 @@ higher scores higher. The rollout horizon is not fixed by the paper text; ``hori
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -39,7 +40,7 @@ class DynamicsEnsemble(torch.nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: DynamicsConfig):
         super().__init__()
-        self.cfg, self.obs_dim = cfg, obs_dim
+        self.cfg, self.obs_dim, self.dims = cfg, obs_dim, (obs_dim, act_dim)
         out = obs_dim + 1
         self.net = EnsembleMLP(cfg.members, obs_dim + act_dim, list(cfg.hidden), 2 * out, activation="silu")
         self.max_logvar = torch.nn.Parameter(torch.full((out,), 0.5))
@@ -47,6 +48,21 @@ class DynamicsEnsemble(torch.nn.Module):
         self.register_buffer("target_mean", torch.zeros(out))
         self.register_buffer("target_std", torch.ones(out))
         self.register_buffer("elite_idx", torch.arange(cfg.elites))
+
+    def save(self, directory: str | Path) -> None:
+        """Config, shapes and weights (with the elites) in ``dynamics.pt`` (the artifacts store's format)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save({"config": asdict(self.cfg), "dims": self.dims, "state": self.state_dict()}, d / "dynamics.pt")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "DynamicsEnsemble":
+        s = torch.load(Path(directory) / "dynamics.pt", weights_only=False)
+        cfg = s["config"]
+        cfg["hidden"] = tuple(cfg["hidden"])
+        out = cls(*s["dims"], DynamicsConfig(**cfg))
+        out.load_state_dict(s["state"])
+        return out
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardised (mean, logvar) of (s' - s, r), each (E, B, D + 1)."""

@@ -16,12 +16,13 @@ All networks take *normalised* observations (the learner's job).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from warmstart.learn.core import discounted_returns, value_loss
+from warmstart.functional import discounted_returns, value_loss
 from warmstart.policies.ensemble import EnsembleMLP
 
 
@@ -46,12 +47,30 @@ class IQLCritics(torch.nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.dims = cfg, (obs_dim, act_dim)
         self.q = EnsembleMLP(2, obs_dim + act_dim, list(cfg.hidden), 1, activation="relu")
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.v = EnsembleMLP(1, obs_dim, list(cfg.hidden), 1, activation="relu")
         self.q_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.lr)
         self.v_opt = torch.optim.Adam(self.v.parameters(), lr=cfg.lr)
+
+    def save(self, directory: str | Path) -> None:
+        """Config, shapes, weights and optimiser states in ``critics.pt`` (the artifacts store's format)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save({"config": asdict(self.cfg), "dims": self.dims, "state": self.state_dict(),
+                    "q_opt": self.q_opt.state_dict(), "v_opt": self.v_opt.state_dict()}, d / "critics.pt")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "IQLCritics":
+        s = torch.load(Path(directory) / "critics.pt", weights_only=False)
+        cfg = s["config"]
+        cfg["hidden"] = tuple(cfg["hidden"])
+        out = cls(*s["dims"], IQLConfig(**cfg))
+        out.load_state_dict(s["state"])
+        out.q_opt.load_state_dict(s["q_opt"])
+        out.v_opt.load_state_dict(s["v_opt"])
+        return out
 
     def q_values(self, obs: torch.Tensor, act: torch.Tensor, target: bool = False) -> torch.Tensor:
         """(2, B): both Q-nets; ``obs`` (B, D) with ``act`` (B, A), or (E, B, .) for both."""

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from warmstart.engine.config import Strict
+from warmstart.config import Strict
 
 from warmstart.errors import DataError
 from warmstart.tasks.offline import (

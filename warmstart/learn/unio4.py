@@ -13,7 +13,7 @@ call them):
 3. a dynamics ensemble for offline policy evaluation (:mod:`warmstart.learn.dynamics`);
 4. **offline multi-step PPO** (:func:`offline_ppo_loss`, :class:`OfflinePPO`) per member: states from
    the data, actions from the *behaviour* policy pi_beta, advantages ``normalise(min Q(s, a) - V(s))``,
-   PPO's clipped surrogate (:func:`warmstart.learn.core.clipped_surrogate`, the one every learner
+   PPO's clipped surrogate (:func:`warmstart.functional.clipped_surrogate`, the one every learner
    uses) of ``pi / pi_beta``; every ``ope_every`` updates the OPE score of the current policy is
    compared with pi_beta's and pi_beta is replaced only when the score improved. ``gated: false`` is
    the one-step baseline: pi_beta stays the BC policy (one policy-improvement step, no OPE);
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from warmstart.learn.core import approx_kl, clipped_surrogate, normalize
+from warmstart.functional import approx_kl, clip_fraction, clipped_surrogate, normalize
 from warmstart.learn.dynamics import DynamicsEnsemble, ope_score
 from warmstart.learn.iql import IQLCritics
 from warmstart.policies.ensemble import GaussianEnsemble, clip_grad_norm_per_member
@@ -142,7 +142,7 @@ def offline_ppo_loss(
     loss, ratio, clipped = clipped_surrogate(logp, logp_old, adv, clip)
     with torch.no_grad():
         kl = approx_kl(logp.detach(), logp_old).mean()
-        clipfrac = ((ratio - 1.0).abs() > clip).float().mean()
+        clipfrac = clip_fraction(ratio.detach(), clip).mean()
     return loss.mean(1).sum(), {"loss_policy": loss.detach().mean().item(), "approx_kl": float(kl), "clipfrac": float(clipfrac)}
 
 
@@ -263,7 +263,7 @@ class OfflinePPO:
 def evaluate_member(ensemble: GaussianEnsemble, e: int, policy, task, episodes: int, seed: int) -> tuple[float, int]:
     """(mean greedy return, env steps spent) of member ``e`` over ``episodes`` real episodes, run
     with a copy of ``policy`` holding the member's actor (``policy`` itself is left as it was)."""
-    from warmstart.engine.config import EvalConfig
+    from warmstart.config import EvalConfig
 
     trial = copy.deepcopy(policy)
     ensemble.export_member(e, trial)

@@ -10,20 +10,25 @@ artifacts and leaves what it makes there.
 | ``ensemble_bc`` | ``offline_dataset`` (+ ``iql_critics``, ``dynamics`` when it selects) | ``bc_ensemble`` | ``updates_per_step`` BC updates |
 | ``offline_ppo`` | ``bc_ensemble``, ``iql_critics``, ``dynamics`` | the selected member in the policy | ``updates_per_step`` PPO updates |
 
-The online stage is warmstart's ``ppo`` phase with ``freeze_obs_norm: true`` and the offline
+Each puts what it leaves into the run's artifacts store at its end (``ctx.artifacts``, written under
+``<run>/artifacts``), so a resumed run finds it; ``offline_dataset`` is recorded as the path of the
+Minari dataset, not copied. The online stage is warmstart's ``ppo`` phase with ``freeze_obs_norm: true`` and the offline
 critic's ``reward_scale``. ``ensemble_bc`` with ``select: true`` is the BC baseline, ``offline_ppo``
 with ``gated: false`` the one-step baseline.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from warmstart.engine.config import PhaseConfig, Strict
+from warmstart.config import PhaseConfig, Strict
+from warmstart.contracts import ActorCriticPolicy, EnvTask, PhaseBase
 from warmstart.errors import ConfigError
 from warmstart.learn.dynamics import DynamicsConfig, DynamicsEnsemble, dynamics_optimizer, fit_dynamics
 from warmstart.learn.iql import IQLConfig, IQLCritics, fit_value, mc_returns
@@ -31,30 +36,31 @@ from warmstart.learn.offline_data import DataGenConfig, generate
 from warmstart.learn.unio4 import OfflinePPO, OfflineTensors, bc_step, select_member, set_obs_stats, to_tensors
 from warmstart.policies.ensemble import GaussianEnsemble
 from warmstart.registry import PHASES
+from warmstart.tasks.offline import OfflineDataset, load_minari_dir
 
 DATASET = "offline_dataset"
-
-
-def _artifacts(ctx):
-    return ctx.extras
+REQUIRES = {"task": EnvTask, "policy": ActorCriticPolicy}
+_LOADED: dict[str, tuple[OfflineDataset, OfflineTensors]] = {}  # dataset path -> (data, normalised tensors)
 
 
 def _need(ctx, cfg: PhaseConfig, name: str, made_by: str):
-    store = _artifacts(ctx)
-    if name not in store:
+    """The artifact ``name``, or an error naming the phase that should have made it."""
+    if name not in ctx.artifacts:
         raise ConfigError(
             f"phase {cfg.label!r} needs the artifact {name!r}, which a {made_by!r} phase earlier in the recipe makes; "
             f"add one before {cfg.label!r}."
         )
-    return store[name]
+    return ctx.artifacts.get(name)
 
 
-def _tensors(ctx, cfg) -> OfflineTensors:
-    ds = _need(ctx, cfg, DATASET, "offline_data")
-    cache = _artifacts(ctx).setdefault("_offline_tensors", {})
-    if ds.dataset_id not in cache:
-        cache[ds.dataset_id] = to_tensors(ds, ctx.policy)
-    return cache[ds.dataset_id]
+def _data(ctx, cfg) -> tuple[OfflineDataset, OfflineTensors]:
+    """The run's dataset and its tensors normalised by the policy's (= the data's) statistics."""
+    path = str(_need(ctx, cfg, DATASET, "offline_data"))
+    if path not in _LOADED:
+        ds = load_minari_dir(path)
+        _LOADED.clear()  # one dataset at a time is all a run needs
+        _LOADED[path] = (ds, to_tensors(ds, ctx.policy))
+    return _LOADED[path]
 
 
 class _Updates(PhaseConfig):
@@ -62,47 +68,48 @@ class _Updates(PhaseConfig):
     batch_size: int = Field(256, ge=1, description="transitions per update")
 
 
+def _register(kind: str, config, description: str):
+    return PHASES.register(kind, config, description, requires=REQUIRES)
+
+
 # ---------------------------------------------------------------------------------------- dataset
 
 
 class OfflineDataConfig(PhaseConfig):
     steps: int = Field(1, ge=1, le=1, description="always 1: the first step makes or loads the data")
-    data_dir: str = Field(".cache/minari", description="root of the Minari datasets (MINARI_DATASETS_PATH); generated data is cached here")
+    data_dir: str = Field(".cache/minari", description="where generated datasets are cached (a Minari root per generation key)")
     dataset: Literal["medium", "medium-replay", "medium-expert"] = Field("medium", description="which of the three datasets the learners use")
     generation: DataGenConfig = Field(default_factory=DataGenConfig, description="how the datasets are made (the cache key)")
 
 
-class OfflineDataPhase:
+class OfflineDataPhase(PhaseBase):
+    key_metrics = ("dataset_normalized",)
+
     def __init__(self, cfg: OfflineDataConfig, ctx):
         self.cfg, self.ctx = cfg, ctx
-        pol = ctx.policy
-        if not hasattr(pol, "obs_rms") or not pol.cfg.normalize_obs:
-            raise ConfigError(f"phase {cfg.label!r}: Uni-O4 needs policy kind 'mlp' with normalize_obs: true")
-        if cfg.generation.env_id != getattr(ctx.task, "cfg", None).env_id:
+        if not ctx.policy.cfg.normalize_obs:
+            raise ConfigError(f"phase {cfg.label!r}: Uni-O4 normalises observations by the data's statistics; "
+                              "set policy.normalize_obs: true")
+        env_id = getattr(getattr(ctx.task, "cfg", None), "env_id", None)
+        if cfg.generation.env_id != env_id:
             raise ConfigError(
-                f"phase {cfg.label!r}: generation.env_id {cfg.generation.env_id!r} differs from task.env_id "
-                f"{ctx.task.cfg.env_id!r}; the data must come from the env the policy will act in."
+                f"phase {cfg.label!r}: generation.env_id {cfg.generation.env_id!r} differs from task.env_id {env_id!r}; "
+                "the data must come from the env the policy acts in."
             )
 
-    def step(self, global_step: int) -> dict[str, float]:
+    def step(self, step: int, global_step: int) -> dict[str, float]:
         t = time.time()
         ds = generate(self.cfg.generation, self.cfg.data_dir, log=lambda m: None)[self.cfg.dataset]
         obs_space, act_space = self.ctx.task.observation_space, self.ctx.task.action_space
         ds.check_spaces(int(obs_space.shape[0]), int(act_space.shape[0]), f"phase {self.cfg.label!r}")
         set_obs_stats(self.ctx.policy, ds)
-        _artifacts(self.ctx)[DATASET] = ds
+        self.ctx.artifacts.put(DATASET, Path(ds.info["path"]))
         ret = ds.episode_returns()
         return {"dataset_steps": len(ds), "dataset_episodes": len(ret), "dataset_return": float(ret.mean()),
                 "dataset_normalized": float(ds.normalized_score(ret.mean())), "time_data_s": time.time() - t}
 
-    def state_dict(self) -> dict:
-        return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-@PHASES.register("offline_data", OfflineDataConfig, "Minari datasets (medium, medium-replay, medium-expert) made by PPO, cached")
+@_register("offline_data", OfflineDataConfig, "Minari datasets (medium, medium-replay, medium-expert) made by PPO, cached")
 def build_offline_data(cfg: OfflineDataConfig, ctx) -> OfflineDataPhase:
     return OfflineDataPhase(cfg, ctx)
 
@@ -118,27 +125,33 @@ class IQLPhaseConfig(_Updates):
     polyak: float = Field(0.005, gt=0, le=1, description="target-network averaging rate")
 
 
-class IQLPhase:
+class IQLPhase(PhaseBase):
+    key_metrics = ("loss_q", "loss_v", "q_mean")
+
     def __init__(self, cfg: IQLPhaseConfig, ctx):
         self.cfg, self.ctx = cfg, ctx
         self.critics: IQLCritics | None = None
 
     def _build(self) -> IQLCritics:
         if self.critics is None:
-            ds = _need(self.ctx, self.cfg, DATASET, "offline_data")
+            ds, _ = _data(self.ctx, self.cfg)
             c = self.cfg
-            self.critics = IQLCritics(ds.obs_dim, ds.act_dim, IQLConfig(tuple(c.hidden), c.lr, c.gamma, c.expectile, c.polyak, c.batch_size))
+            with torch.random.fork_rng():
+                torch.manual_seed(self.ctx.seed)
+                self.critics = IQLCritics(ds.obs_dim, ds.act_dim, IQLConfig(tuple(c.hidden), c.lr, c.gamma, c.expectile, c.polyak, c.batch_size))
         return self.critics
 
-    def step(self, global_step: int) -> dict[str, float]:
-        critics, data = self._build(), _tensors(self.ctx, self.cfg)
+    def step(self, step: int, global_step: int) -> dict[str, float]:
+        critics, (_, data) = self._build(), _data(self.ctx, self.cfg)
         gen = self.ctx.generator(global_step, salt=71)
         t = time.perf_counter()
         for _ in range(self.cfg.updates_per_step):
             m = critics.update(*data.batch(self.cfg.batch_size, gen))
         m["updates_per_s"] = self.cfg.updates_per_step / (time.perf_counter() - t)
-        _artifacts(self.ctx)["iql_critics"] = critics
         return m
+
+    def on_end(self) -> None:
+        self.ctx.artifacts.put("iql_critics", self._build())
 
     def state_dict(self) -> dict:
         c = self._build()
@@ -149,10 +162,9 @@ class IQLPhase:
         c.load_state_dict(s["critics"])
         c.q_opt.load_state_dict(s["q_opt"])
         c.v_opt.load_state_dict(s["v_opt"])
-        _artifacts(self.ctx)["iql_critics"] = c
 
 
-@PHASES.register("iql", IQLPhaseConfig, "IQL's Q and V on an offline dataset (expectile, double-Q min)")
+@_register("iql", IQLPhaseConfig, "IQL's Q and V on an offline dataset (expectile, double-Q min)")
 def build_iql(cfg: IQLPhaseConfig, ctx) -> IQLPhase:
     return IQLPhase(cfg, ctx)
 
@@ -168,30 +180,35 @@ class DynamicsPhaseConfig(_Updates):
     holdout: float = Field(0.1, gt=0, lt=1, description="share of the data held out to choose the elites")
 
 
-class DynamicsPhase:
+class DynamicsPhase(PhaseBase):
+    key_metrics = ("loss_dynamics", "holdout_mse")
+
     def __init__(self, cfg: DynamicsPhaseConfig, ctx):
         if cfg.elites > cfg.members:
             raise ConfigError(f"phase {cfg.label!r}: elites ({cfg.elites}) must be at most members ({cfg.members})")
         self.cfg, self.ctx = cfg, ctx
         self.model: DynamicsEnsemble | None = None
-        self.opt = None
 
-    def _build(self):
+    def _build(self) -> DynamicsEnsemble:
         if self.model is None:
-            ds, c = _need(self.ctx, self.cfg, DATASET, "offline_data"), self.cfg
-            self.model = DynamicsEnsemble(ds.obs_dim, ds.act_dim, DynamicsConfig(c.members, c.elites, tuple(c.hidden), c.lr, 1e-5, c.batch_size, c.holdout))
+            (ds, _), c = _data(self.ctx, self.cfg), self.cfg
+            with torch.random.fork_rng():
+                torch.manual_seed(self.ctx.seed)
+                self.model = DynamicsEnsemble(ds.obs_dim, ds.act_dim, DynamicsConfig(c.members, c.elites, tuple(c.hidden), c.lr, 1e-5, c.batch_size, c.holdout))
             self.opt = dynamics_optimizer(self.model)
         return self.model
 
-    def step(self, global_step: int) -> dict[str, float]:
-        model, data = self._build(), _tensors(self.ctx, self.cfg)
+    def step(self, step: int, global_step: int) -> dict[str, float]:
+        model, (_, data) = self._build(), _data(self.ctx, self.cfg)
         gen = self.ctx.generator(global_step, salt=72)
         t = time.perf_counter()
         m = fit_dynamics(model, data.obs, data.act, data.next_obs, data.rew, self.cfg.updates_per_step, gen,
                          optimizer=self.opt, split_seed=self.ctx.seed)
         m["updates_per_s"] = self.cfg.updates_per_step / (time.perf_counter() - t)
-        _artifacts(self.ctx)["dynamics"] = model
         return m
+
+    def on_end(self) -> None:
+        self.ctx.artifacts.put("dynamics", self._build())
 
     def state_dict(self) -> dict:
         return {"model": self._build().state_dict(), "opt": self.opt.state_dict()}
@@ -199,10 +216,9 @@ class DynamicsPhase:
     def load_state_dict(self, s: dict) -> None:
         self._build().load_state_dict(s["model"])
         self.opt.load_state_dict(s["opt"])
-        _artifacts(self.ctx)["dynamics"] = self.model
 
 
-@PHASES.register("dynamics", DynamicsPhaseConfig, "a probabilistic dynamics ensemble (elites) for offline policy evaluation")
+@_register("dynamics", DynamicsPhaseConfig, "a probabilistic dynamics ensemble (elites) for offline policy evaluation")
 def build_dynamics(cfg: DynamicsPhaseConfig, ctx) -> DynamicsPhase:
     return DynamicsPhase(cfg, ctx)
 
@@ -216,33 +232,34 @@ class MCValueConfig(_Updates):
     reward_scale: float = Field(0.01, gt=0, description="returns are of rewards x this; the online ppo phase must use the same reward_scale")
 
 
-class MCValuePhase:
+class MCValuePhase(PhaseBase):
     """Regress the policy's own critic on the dataset's discounted returns-to-go: the online
     critic starts from it (Uni-O4)."""
+
+    key_metrics = ("loss_value",)
 
     def __init__(self, cfg: MCValueConfig, ctx):
         self.cfg, self.ctx = cfg, ctx
         self.opt = torch.optim.Adam(ctx.policy.critic.parameters(), lr=cfg.lr)
-        self.returns: torch.Tensor | None = None
 
-    def step(self, global_step: int) -> dict[str, float]:
-        ds, data = _need(self.ctx, self.cfg, DATASET, "offline_data"), _tensors(self.ctx, self.cfg)
-        if self.returns is None:
-            self.returns = torch.from_numpy(mc_returns(ds.rewards, ds.episode_index, self.cfg.gamma)) * self.cfg.reward_scale
+    def step(self, step: int, global_step: int) -> dict[str, float]:
+        ds, data = _data(self.ctx, self.cfg)
+        returns = torch.from_numpy(mc_returns(ds.rewards, ds.episode_index, self.cfg.gamma)) * self.cfg.reward_scale
         gen = self.ctx.generator(global_step, salt=73)
-        loss = fit_value(self.ctx.policy.critic, data.obs, self.returns, self.cfg.updates_per_step, self.cfg.batch_size, gen, self.opt)
-        _artifacts(self.ctx)["mc_reward_scale"] = self.cfg.reward_scale
-        return {"loss_value": loss, "return_var": float(self.returns.var())}
+        loss = fit_value(self.ctx.policy.critic, data.obs, returns, self.cfg.updates_per_step, self.cfg.batch_size, gen, self.opt)
+        return {"loss_value": loss, "return_var": float(returns.var())}
+
+    def on_end(self) -> None:
+        self.ctx.artifacts.put("mc_reward_scale", self.cfg.reward_scale)
 
     def state_dict(self) -> dict:
         return {"opt": self.opt.state_dict()}
 
     def load_state_dict(self, s: dict) -> None:
         self.opt.load_state_dict(s["opt"])
-        _artifacts(self.ctx)["mc_reward_scale"] = self.cfg.reward_scale
 
 
-@PHASES.register("mc_value", MCValueConfig, "the policy's critic regressed on the dataset's Monte-Carlo returns")
+@_register("mc_value", MCValueConfig, "the policy's critic regressed on the dataset's Monte-Carlo returns")
 def build_mc_value(cfg: MCValueConfig, ctx) -> MCValuePhase:
     return MCValuePhase(cfg, ctx)
 
@@ -250,32 +267,19 @@ def build_mc_value(cfg: MCValueConfig, ctx) -> MCValuePhase:
 # ------------------------------------------------------------------------------------ ensemble BC
 
 
-class _Select(Strict):
+class Selection(Strict):
     top_k: int = Field(3, ge=1, description="members ranked best by OPE that are tried in the env (Uni-O4: 3)")
     episodes: int = Field(5, ge=0, description="real greedy episodes per tried member (0: take the OPE best)")
     ope_states: int = Field(512, ge=1, description="dataset states the OPE rollouts start from (Uni-O4: 512)")
     ope_horizon: int = Field(10, ge=1, description="model steps per OPE rollout (not fixed by the paper text)")
 
 
-class EnsembleBCConfig(_Updates):
-    members: int = Field(4, ge=1, description="policies in the ensemble (Uni-O4: 4)")
-    alpha: float = Field(0.1, ge=0, description="weight of the diversity term (Uni-O4: 0.1)")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    select: bool = Field(False, description="at the end, put the best member into the policy (the BC baseline)")
-    selection: _Select = Field(default_factory=_Select, description="how the best member is chosen")
-
-
-def _ensemble_like(ctx, members: int) -> GaussianEnsemble:
-    pol = ctx.policy
-    return GaussianEnsemble(members, pol.obs_dim, pol.spec["dim"], list(pol.cfg.hidden), pol.cfg.activation)
-
-
-def _select_into_policy(ctx, cfg, ens: GaussianEnsemble, sel: _Select, scores: torch.Tensor | None = None) -> dict:
-    critics = _need(ctx, cfg, "iql_critics", "iql")
-    dynamics = _need(ctx, cfg, "dynamics", "dynamics")
-    data = _tensors(ctx, cfg)
+def _select_into_policy(ctx, cfg, ens: GaussianEnsemble, sel: Selection, scores: torch.Tensor | None = None) -> dict:
+    """Choose a member as Uni-O4 does and copy it into the run's policy; returns what was measured."""
     if scores is None:
-        ope = OfflinePPO(ens, critics, dynamics, data, total_updates=0, ope_states=sel.ope_states,
+        critics = _need(ctx, cfg, "iql_critics", "iql")
+        dynamics = _need(ctx, cfg, "dynamics", "dynamics")
+        ope = OfflinePPO(ens, critics, dynamics, _data(ctx, cfg)[1], total_updates=0, ope_states=sel.ope_states,
                          ope_horizon=sel.ope_horizon, seed=ctx.seed)
         scores = ope.best
     e, out = select_member(ens, scores, ctx.policy, ctx.task, sel.top_k, sel.episodes, seed=20_000 + ctx.seed)
@@ -284,32 +288,40 @@ def _select_into_policy(ctx, cfg, ens: GaussianEnsemble, sel: _Select, scores: t
     return out
 
 
-class EnsembleBCPhase:
+class EnsembleBCConfig(_Updates):
+    members: int = Field(4, ge=1, description="policies in the ensemble (Uni-O4: 4)")
+    alpha: float = Field(0.1, ge=0, description="weight of the diversity term (Uni-O4: 0.1)")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    select: bool = Field(False, description="at the end, put the best member into the policy (the BC baseline; needs iql and dynamics first)")
+    selection: Selection = Field(default_factory=Selection, description="how the best member is chosen")
+
+
+class EnsembleBCPhase(PhaseBase):
+    key_metrics = ("nll", "diversity")
+
     def __init__(self, cfg: EnsembleBCConfig, ctx):
-        if not getattr(ctx.policy, "continuous", False):
+        if not ctx.policy.continuous:
             raise ConfigError(f"phase {cfg.label!r}: ensemble BC needs a Box (continuous) action space")
         self.cfg, self.ctx = cfg, ctx
+        pol = ctx.policy
         with torch.random.fork_rng():
             torch.manual_seed(ctx.seed)
-            self.ens = _ensemble_like(ctx, cfg.members)
+            self.ens = GaussianEnsemble(cfg.members, pol.obs_dim, pol.spec["dim"], list(pol.cfg.hidden), pol.cfg.activation)
         self.opt = torch.optim.Adam(self.ens.parameters(), lr=cfg.lr)
-        self.k = 0
 
-    def on_start(self, first_step: int) -> None:
-        self.k = first_step
-
-    def step(self, global_step: int) -> dict[str, float]:
-        data = _tensors(self.ctx, self.cfg)
+    def step(self, step: int, global_step: int) -> dict[str, float]:
+        _, data = _data(self.ctx, self.cfg)
         gen = self.ctx.generator(global_step, salt=74)
         t = time.perf_counter()
         for _ in range(self.cfg.updates_per_step):
             m = bc_step(self.ens, self.opt, data, self.cfg.batch_size, self.cfg.alpha, gen)
         m["updates_per_s"] = self.cfg.updates_per_step / (time.perf_counter() - t)
-        self.k += 1
-        _artifacts(self.ctx)["bc_ensemble"] = self.ens
-        if self.k == self.cfg.steps and self.cfg.select:
+        if step + 1 == self.cfg.steps and self.cfg.select:
             m.update(_select_into_policy(self.ctx, self.cfg, self.ens, self.cfg.selection))
         return m
+
+    def on_end(self) -> None:
+        self.ctx.artifacts.put("bc_ensemble", self.ens)
 
     def state_dict(self) -> dict:
         return {"ens": self.ens.state_dict(), "opt": self.opt.state_dict()}
@@ -317,10 +329,9 @@ class EnsembleBCPhase:
     def load_state_dict(self, s: dict) -> None:
         self.ens.load_state_dict(s["ens"])
         self.opt.load_state_dict(s["opt"])
-        _artifacts(self.ctx)["bc_ensemble"] = self.ens
 
 
-@PHASES.register("ensemble_bc", EnsembleBCConfig, "n Gaussian BC policies with Uni-O4's diversity term")
+@_register("ensemble_bc", EnsembleBCConfig, "n Gaussian BC policies with Uni-O4's diversity term")
 def build_ensemble_bc(cfg: EnsembleBCConfig, ctx) -> EnsembleBCPhase:
     return EnsembleBCPhase(cfg, ctx)
 
@@ -334,10 +345,12 @@ class OfflinePPOConfig(_Updates):
     clip: float = Field(0.25, gt=0, description="PPO ratio clip against the behaviour policy (Uni-O4: ~0.25)")
     max_grad_norm: float = Field(0.5, gt=0, description="gradient-norm clip of each member")
     ope_every: int = Field(100, ge=1, description="updates between OPE rounds (Uni-O4: 100)")
-    selection: _Select = Field(default_factory=_Select, description="how the member that goes online is chosen")
+    selection: Selection = Field(default_factory=Selection, description="how the member that goes online is chosen")
 
 
-class OfflinePPOPhase:
+class OfflinePPOPhase(PhaseBase):
+    key_metrics = ("ope_best", "accepted", "approx_kl")
+
     def __init__(self, cfg: OfflinePPOConfig, ctx):
         self.cfg, self.ctx = cfg, ctx
         self.ppo: OfflinePPO | None = None
@@ -345,25 +358,22 @@ class OfflinePPOPhase:
     def _build(self) -> OfflinePPO:
         if self.ppo is None:
             c, ctx = self.cfg, self.ctx
-            bc = _need(ctx, c, "bc_ensemble", "ensemble_bc")
-            import copy
-
             self.ppo = OfflinePPO(
-                copy.deepcopy(bc), _need(ctx, c, "iql_critics", "iql"), _need(ctx, c, "dynamics", "dynamics"),
-                _tensors(ctx, c), total_updates=c.steps * c.updates_per_step, lr=c.lr, clip=c.clip,
-                max_grad_norm=c.max_grad_norm, batch_size=c.batch_size, gated=c.gated, ope_every=c.ope_every,
-                ope_states=c.selection.ope_states, ope_horizon=c.selection.ope_horizon, seed=ctx.seed,
+                copy.deepcopy(_need(ctx, c, "bc_ensemble", "ensemble_bc")), _need(ctx, c, "iql_critics", "iql"),
+                _need(ctx, c, "dynamics", "dynamics"), _data(ctx, c)[1], total_updates=c.steps * c.updates_per_step,
+                lr=c.lr, clip=c.clip, max_grad_norm=c.max_grad_norm, batch_size=c.batch_size, gated=c.gated,
+                ope_every=c.ope_every, ope_states=c.selection.ope_states, ope_horizon=c.selection.ope_horizon, seed=ctx.seed,
             )
         return self.ppo
 
-    def step(self, global_step: int) -> dict[str, float]:
+    def step(self, step: int, global_step: int) -> dict[str, float]:
         ppo = self._build()
         gen = self.ctx.generator(global_step, salt=75)
         t = time.perf_counter()
         for _ in range(self.cfg.updates_per_step):
             m = ppo.step(gen)
         m["updates_per_s"] = self.cfg.updates_per_step / (time.perf_counter() - t)
-        if ppo.updates == ppo.total:
+        if step + 1 == self.cfg.steps:
             final = ppo.result()
             m.update(_select_into_policy(self.ctx, self.cfg, final, self.cfg.selection, ppo.ope(final)))
         return m
@@ -375,6 +385,6 @@ class OfflinePPOPhase:
         self._build().load_state_dict(s)
 
 
-@PHASES.register("offline_ppo", OfflinePPOConfig, "Uni-O4's offline multi-step PPO with OPE gating (gated: false = one-step)")
+@_register("offline_ppo", OfflinePPOConfig, "Uni-O4's offline multi-step PPO with OPE gating (gated: false = one-step)")
 def build_offline_ppo(cfg: OfflinePPOConfig, ctx) -> OfflinePPOPhase:
     return OfflinePPOPhase(cfg, ctx)

@@ -13,7 +13,9 @@ into an ``MLPPolicy`` (:meth:`GaussianEnsemble.export_member`) to continue onlin
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -101,6 +103,23 @@ class GaussianEnsemble(nn.Module):
         self.mean_net.load_member(dst, src.mean_net.member_state(src_member))
         with torch.no_grad():
             self.log_std[dst].copy_(src.log_std[src_member])
+
+    def save(self, directory: str | Path) -> None:
+        """``ensemble.json`` (shape) + ``ensemble.pt`` (weights): what the artifacts store writes."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {"members": self.members, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
+                "hidden": self.hidden, "activation": self.activation_name}
+        (d / "ensemble.json").write_text(json.dumps(meta))
+        torch.save(self.state_dict(), d / "ensemble.pt")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "GaussianEnsemble":
+        d = Path(directory)
+        meta = json.loads((d / "ensemble.json").read_text())
+        ens = cls(meta["members"], meta["obs_dim"], meta["act_dim"], meta["hidden"], meta["activation"])
+        ens.load_state_dict(torch.load(d / "ensemble.pt"))
+        return ens
 
     def export_member(self, e: int, policy) -> None:
         """Copy member ``e`` into an :class:`~warmstart.policies.mlp.MLPPolicy`'s actor and log-std

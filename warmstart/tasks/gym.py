@@ -32,6 +32,8 @@ class GymTaskConfig(PluginConfig):
     greedy_eval: bool = Field(
         True, description="evaluate with the most likely action (Gaussian mean) instead of sampling"
     )
+    ref_min_score: float | None = Field(None, description="return of a random policy: with ref_max_score, evaluations report D4RL's normalized_return")
+    ref_max_score: float | None = Field(None, description="return of an expert (D4RL's reference; Hopper: 3234.3)")
 
 
 class VecEnv:
@@ -133,7 +135,8 @@ class GymTask:
     def evaluate(self, policy, eval_cfg: EvalConfig, ctx=None) -> dict[str, float]:
         """``eval_cfg.n`` episodes, episode k from an env reset with seed ``eval_cfg.seed + k``
         (run in parallel batches). Returns ``mean_return``, ``std_return``, ``mean_length`` and,
-        for envs that report ``info["cost"]`` (lot-sizing), ``mean_cost`` / ``std_cost``."""
+        for envs that report ``info["cost"]`` (lot-sizing), ``mean_cost`` / ``std_cost``; with reference
+        scores in the config, ``normalized_return`` (D4RL's 100 * (R - random) / (expert - random))."""
         import torch
 
         gen = torch.Generator().manual_seed(eval_cfg.seed)
@@ -177,6 +180,9 @@ class GymTask:
         if any(costs):
             out["mean_cost"] = float(np.mean(costs))
             out["std_cost"] = float(np.std(costs))
+        lo, hi = self.cfg.ref_min_score, self.cfg.ref_max_score
+        if lo is not None and hi is not None:  # D4RL's normalised score: 0 = random, 100 = expert
+            out["normalized_return"] = 100.0 * (out["mean_return"] - lo) / (hi - lo)
         return out
 
 

@@ -228,8 +228,15 @@ def load_minari(root: str | os.PathLike, dataset_id: str) -> OfflineDataset:
         ref_min_score=meta.get("ref_min_score"),
         ref_max_score=meta.get("ref_max_score"),
         dataset_id=dataset_id,
-        info={"warmstart": extra, "total_episodes": len(episodes)},
+        info={"warmstart": extra, "total_episodes": len(episodes), "path": str(path)},
     )
+
+
+def load_minari_dir(path: str | os.PathLike) -> OfflineDataset:
+    """:func:`load_minari` for a dataset directory ``ROOT/<namespace>/<name>`` (its id is the last
+    two parts of the path)."""
+    path = Path(path)
+    return load_minari(path.parent.parent, f"{path.parent.name}/{path.name}")
 
 
 def concat(datasets: list[OfflineDataset], dataset_id: str) -> OfflineDataset:
