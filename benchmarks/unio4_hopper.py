@@ -71,7 +71,7 @@ def run_seed(seed: int, args, ds, task) -> dict:
     set_obs_stats(policy, ds)
     data = to_tensors(ds, policy)
     t = time.perf_counter()
-    critics = IQLCritics(ds.obs_dim, ds.act_dim, IQLConfig(hidden=(128, 128)))
+    critics = IQLCritics(ds.obs_dim, ds.act_dim, IQLConfig(hidden=(128, 128), polyak=args.iql_polyak))
     for _ in range(args.iql_steps):
         critics.update(*data.batch(256, gen))
     out["iql_steps_per_s"] = args.iql_steps / (time.perf_counter() - t)
@@ -108,6 +108,8 @@ def run_seed(seed: int, args, ds, task) -> dict:
         if method == "unio4":
             online_policy = pol
     out["offline"] = results
+    if args.online_iters == 0:
+        return out
 
     ft = PPOConfig(kind="ppo", steps=args.online_iters, num_envs=4, num_steps=512, lr=args.online_actor_lr,
                    critic_lr=2e-4, clip_coef=0.05, clip_vloss=False, ent_coef=0.01, num_minibatches=16,
@@ -131,14 +133,15 @@ def main() -> None:
     ap.add_argument("--data-dir", default=".cache/minari")
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--alpha", type=float, default=0.1)
-    ap.add_argument("--iql-steps", type=int, default=5000)
+    ap.add_argument("--iql-steps", type=int, default=4000)
+    ap.add_argument("--iql-polyak", type=float, default=0.005, help="IQL target-network rate (0.005 as IQL)")
     ap.add_argument("--mc-steps", type=int, default=2000)
-    ap.add_argument("--bc-steps", type=int, default=3000)
-    ap.add_argument("--dyn-steps", type=int, default=3000)
+    ap.add_argument("--bc-steps", type=int, default=2000)
+    ap.add_argument("--dyn-steps", type=int, default=2000)
     ap.add_argument("--ppo-steps", type=int, default=1000)
-    ap.add_argument("--online-iters", type=int, default=25, help="online PPO iterations of 2048 env steps")
+    ap.add_argument("--online-iters", type=int, default=20, help="online PPO iterations of 2048 env steps (0: offline only)")
     ap.add_argument("--online-actor-lr", type=float, default=2e-5)
-    ap.add_argument("--eval-at", type=int, nargs="+", default=[1, 3, 6, 12, 25])
+    ap.add_argument("--eval-at", type=int, nargs="+", default=[1, 2, 5, 10, 20])
     ap.add_argument("--reward-scale", type=float, default=0.01)
     ap.add_argument("--data-config", default="{}", help="JSON overrides of DataGenConfig (e.g. a tiny one to try the script)")
     ap.add_argument("--out", default=None)
@@ -157,7 +160,7 @@ def main() -> None:
         xs = [r["offline"][m]["normalized"] for r in rows]
         body.append([f"offline {m}"] + [f"{x:.1f}" for x in xs] + [ms(xs)])
     for key, name in (("online_unio4", "Uni-O4 online"), ("online_scratch", "PPO scratch")):
-        for i, it in enumerate(args.eval_at):
+        for i, it in enumerate(args.eval_at if args.online_iters else []):
             xs = [r[key][i]["normalized"] for r in rows]
             steps = rows[0][key][i]["env_steps"]
             body.append([f"{name} @{steps}"] + [f"{x:.1f}" for x in xs] + [ms(xs)])
