@@ -24,6 +24,7 @@ FAMILY_KEYS = {
     "search": {"accuracy"},
     "promed": {"accuracy", "questions", "useless_share", "sig_per_question", "coverage", "bayes_oracle"},
     "lid": {"success_rate_seen", "success_rate_unseen", "mean_length_seen", "mean_length_unseen"},
+    "unio4": {"mean_return", "normalized_return"},
 }
 
 
