@@ -7,7 +7,8 @@ Monte-Carlo V, the BC ensemble, the dynamics ensemble) -- exactly what each reci
 own. Each method's policy is chosen the same way (top 3 members by OPE, then the best of 5 real
 episodes each) and scored greedily on 10 held-out episodes, as D4RL's normalised score.
 
-    python benchmarks/unio4_hopper.py --seeds 0 1 2 --out benchmarks/unio4_hopper.json
+    cd benchmarks && python unio4_hopper.py --seeds 0 1 2 --data-dir ../.cache/minari --out unio4_hopper.json
+    cd benchmarks && python unio4_hopper.py --seeds 0 1 2 --iql-steps 12000 --iql-polyak 0.02 --online-iters 0 ...   # the recipes' critic
 """
 
 from __future__ import annotations

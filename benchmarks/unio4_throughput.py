@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import torch
 
 from _vector_common import command_line, machine, table  # noqa: E402  (adds the repo to sys.path)
-from unio4_vs_d3rlpy import fit, make_algo, to_mdp
+from unio4_vs_d3rlpy import fit, fit_online, make_algo, to_mdp
 
 from warmstart.learn.dynamics import DynamicsConfig, DynamicsEnsemble
 from warmstart.learn.iql import IQLConfig, IQLCritics
@@ -52,7 +52,6 @@ def main() -> None:
     torch.set_num_threads(1)
     import logging
 
-    import gymnasium as gym
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -86,17 +85,9 @@ def main() -> None:
         phase.step(k, k)
     speed["warmstart online PPO env-steps"] = iters * 2048 / (time.perf_counter() - t)
     phase.on_end()
-    import d3rlpy
-    from d3rlpy.logging import NoopAdapterFactory
-
     algo = make_algo("iql", 0)
     fit(algo, mdp, 10)
-    env = gym.make("Hopper-v5")
-    buf = d3rlpy.dataset.create_fifo_replay_buffer(limit=len(ds) + args.online_steps, episodes=mdp.episodes, env=env)
-    t = time.perf_counter()
-    algo.fit_online(env, buf, n_steps=args.online_steps, n_steps_per_epoch=args.online_steps,
-                    logger_adapter=NoopAdapterFactory(), show_progress=False, save_interval=10**9)
-    speed["d3rlpy IQL fit_online env-steps"] = args.online_steps / (time.perf_counter() - t)
+    speed["d3rlpy IQL fit_online env-steps"] = fit_online(algo, ds, mdp, args.online_steps)
 
     ratio = {
         "IQL critics vs d3rlpy IQL": speed["warmstart IQL critics (2Q+V)"] / speed["d3rlpy IQL (2Q+V+actor)"],

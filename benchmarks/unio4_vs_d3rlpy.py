@@ -88,6 +88,20 @@ def fit(algo, mdp, steps: int) -> float:
     return steps / (time.perf_counter() - t)
 
 
+def fit_online(algo, ds, mdp, steps: int) -> float:
+    """d3rlpy's online fine-tuning from the offline data's replay buffer; returns env steps/s."""
+    import d3rlpy
+    import gymnasium as gym
+    from d3rlpy.logging import NoopAdapterFactory
+
+    env = gym.make("Hopper-v5")
+    buf = d3rlpy.dataset.create_fifo_replay_buffer(limit=len(ds) + steps, episodes=mdp.episodes, env=env)
+    t = time.perf_counter()
+    algo.fit_online(env, buf, n_steps=steps, n_steps_per_epoch=steps, logger_adapter=NoopAdapterFactory(),
+                    show_progress=False, save_interval=10**9)
+    return steps / (time.perf_counter() - t)
+
+
 def ours_offline_throughput(ds, steps: int) -> dict[str, float]:
     from warmstart.learn.dynamics import DynamicsConfig, DynamicsEnsemble
     from warmstart.learn.iql import IQLConfig, IQLCritics
@@ -133,8 +147,6 @@ def main() -> None:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))  # d3rlpy's per-epoch logs
-    import gymnasium as gym
-
     ds = generate(DataGenConfig(**json.loads(args.data_config)), args.data_dir)[args.dataset]
     task = GymTask(GymTaskConfig(kind="gym", env_id="Hopper-v5"))
     mdp = to_mdp(ds)
@@ -149,15 +161,7 @@ def main() -> None:
             row[name] = {"return": ev["mean_return"], "normalized": float(ds.normalized_score(ev["mean_return"])), "steps_per_s": sps}
             print(f"  seed {seed} d3rlpy {name}: return {ev['mean_return']:.1f} (normalised {row[name]['normalized']:.1f}), {sps:.1f} steps/s", flush=True)
             if name == "iql" and seed == args.seeds[0] and args.online_steps:
-                import d3rlpy
-                from d3rlpy.logging import NoopAdapterFactory
-
-                env = gym.make("Hopper-v5")
-                buf = d3rlpy.dataset.create_fifo_replay_buffer(limit=len(ds) + args.online_steps, episodes=mdp.episodes, env=env)
-                t = time.perf_counter()
-                algo.fit_online(env, buf, n_steps=args.online_steps, n_steps_per_epoch=args.online_steps,
-                                logger_adapter=NoopAdapterFactory(), show_progress=False, save_interval=10**9)
-                speed["d3rlpy_iql_fit_online_env_steps_per_s"] = args.online_steps / (time.perf_counter() - t)
+                speed["d3rlpy_iql_fit_online_env_steps_per_s"] = fit_online(algo, ds, mdp, args.online_steps)
                 ev = task.evaluate(D3Policy(algo), EVAL)
                 row["iql_online"] = {"env_steps": args.online_steps, "return": ev["mean_return"],
                                      "normalized": float(ds.normalized_score(ev["mean_return"]))}
