@@ -342,3 +342,24 @@ def test_data_from_another_env_is_refused(root):
     ctx = build_context(recipe)
     with pytest.raises(ConfigError, match="generation.env_id 'Walker2d-v5' differs from task.env_id 'Hopper-v5'"):
         PHASES.get("offline_data").factory(recipe.phases[0], ctx)
+
+
+@pytest.mark.slow
+def test_dataset_generation_is_deterministic_and_cached(tmp_path):
+    from warmstart.learn.offline_data import DataGenConfig, generate
+
+    cfg = DataGenConfig(medium_iters=1, expert_iters=2, num_steps=32, record_steps=200, update_epochs=1,
+                        num_minibatches=2, random_episodes=2)
+    a = generate(cfg, tmp_path / "a", log=lambda m: None)
+    b = generate(cfg, tmp_path / "b", log=lambda m: None)
+    for kind in ("medium", "medium-replay", "medium-expert"):
+        np.testing.assert_array_equal(a[kind].observations, b[kind].observations)
+        np.testing.assert_array_equal(a[kind].actions, b[kind].actions)
+    assert len(a["medium"]) == 200 and len(a["medium-expert"]) == 400  # medium + as many expert steps
+    seen = []
+    again = generate(cfg, tmp_path / "a", log=seen.append)  # same key: loaded, not regenerated
+    assert seen and "found" in seen[0]
+    np.testing.assert_array_equal(again["medium"].rewards, a["medium"].rewards)
+    other = generate(cfg.model_copy(update={"seed": 1}), tmp_path / "a", log=lambda m: None)  # new key, own folder
+    assert not np.array_equal(other["medium"].observations[:50], a["medium"].observations[:50])
+    assert len(list((tmp_path / "a").iterdir())) == 2
