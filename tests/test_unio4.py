@@ -10,7 +10,7 @@ from warmstart.learn.dynamics import DynamicsConfig, DynamicsEnsemble, fit_dynam
 from warmstart.learn.iql import IQLConfig, IQLCritics, expectile_loss, mc_returns
 from warmstart.learn.unio4 import OfflinePPO, OfflineTensors, ensemble_bc_loss
 from warmstart.policies.ensemble import EnsembleMLP, GaussianEnsemble
-from warmstart.tasks.offline import Episode, OfflineDataset, load_minari, to_episodes, write_minari
+from warmstart.tasks.offline import Episode, load_minari, to_episodes, write_minari
 
 torch.set_num_threads(1)
 

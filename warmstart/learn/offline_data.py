@@ -33,15 +33,7 @@ from pydantic import Field
 from warmstart.config import Strict
 
 from warmstart.errors import DataError
-from warmstart.tasks.offline import (
-    HOPPER_EXPERT_REFERENCE,
-    Episode,
-    OfflineDataset,
-    concat,
-    load_minari,
-    to_episodes,
-    write_minari,
-)
+from warmstart.tasks.offline import HOPPER_EXPERT_REFERENCE, Episode, OfflineDataset, load_minari, write_minari
 
 KINDS = ("medium", "medium-replay", "medium-expert")
 
@@ -243,6 +235,3 @@ def _generate(cfg: DataGenConfig, root: Path, key: str, log) -> dict[str, Offlin
         out[kind] = load_minari(root, cfg.dataset_id(kind))
         log(f"  wrote {cfg.dataset_id(kind)}: {m['episodes']} episodes, {m['steps']} steps, mean return {m['mean_episode_return']:.1f}")
     return out
-
-
-__all__ = ["DataGenConfig", "RecordingVecEnv", "generate", "random_return", "record", "concat", "to_episodes"]

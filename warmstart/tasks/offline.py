@@ -239,27 +239,6 @@ def load_minari_dir(path: str | os.PathLike) -> OfflineDataset:
     return load_minari(path.parent.parent, f"{path.parent.name}/{path.name}")
 
 
-def concat(datasets: list[OfflineDataset], dataset_id: str) -> OfflineDataset:
-    """One dataset holding the episodes of several (e.g. medium + expert = medium-expert)."""
-    off, idx = 0, []
-    for d in datasets:
-        idx.append(d.episode_index + off)
-        off += int(d.episode_index.max()) + 1
-    first = datasets[0]
-    return OfflineDataset(
-        observations=np.concatenate([d.observations for d in datasets]),
-        actions=np.concatenate([d.actions for d in datasets]),
-        rewards=np.concatenate([d.rewards for d in datasets]),
-        next_observations=np.concatenate([d.next_observations for d in datasets]),
-        terminals=np.concatenate([d.terminals for d in datasets]),
-        timeouts=np.concatenate([d.timeouts for d in datasets]),
-        episode_index=np.concatenate(idx),
-        ref_min_score=first.ref_min_score,
-        ref_max_score=first.ref_max_score,
-        dataset_id=dataset_id,
-    )
-
-
 def to_episodes(ds: OfflineDataset) -> list[Episode]:
     """Split a flat dataset back into episodes (inverse of :meth:`OfflineDataset.from_episodes`)."""
     out = []
