@@ -15,7 +15,7 @@ is outside the KV sampler, so they sample with HF ``generate`` plus one scoring 
 **Images** travel per row as a list (PIL images, ``(H, W, 3)`` uint8 arrays, or file paths). The
 processor turns each into pixel tensors once (cached by content); a batch computes the features of
 each *distinct* image once, so the G samples of a GRPO group share one vision forward. The image
-token is never generated (its logit is masked in sampling *and* in the learner's log-probs, so the
+token is never generated (its logit gets a -1e9 bias in sampling *and* in the learner's log-probs, so the
 two agree) and never trained on (it only ever appears in prompts, which carry no loss).
 """
 
@@ -275,8 +275,10 @@ class VLMPolicy:
         self.image_token = tok.convert_ids_to_tokens(self.image_token_id)
         self.chat = bool(use_chat_template and getattr(processor, "chat_template", None))
         V = model.get_output_embeddings().weight.shape[0]
+        # a large finite bias, not -inf: the learner multiplies log-probs of prompt positions by a zero
+        # mask, and -inf * 0 would be NaN; exp(-1e9) is exactly 0, so the token is still never sampled
         self.logit_bias = torch.zeros(V)
-        self.logit_bias[self.image_token_id] = float("-inf")
+        self.logit_bias[self.image_token_id] = -1e9
         self._pixels: dict[str, dict[str, torch.Tensor]] = {}
         self.llava = is_llava_llama(model)
         self._sampler = VLMKVSampler(model, self.logit_bias) if self.llava else None
@@ -477,9 +479,7 @@ class VLMPolicy:
         lp = token_logprobs(logits, input_ids[:, 1:], temperature)
         if with_entropy:
             with torch.no_grad():
-                # the masked image token is -inf: entropy_from_logits must see a finite floor there
-                fin = torch.nan_to_num(logits / temperature if temperature != 1.0 else logits, neginf=-1e9)
-                ent = entropy_from_logits(fin)
+                ent = entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
             return lp, ent
         return lp
 

@@ -249,7 +249,8 @@ class PlotRenderer:
     series costs ~10x more than redrawing one line).
 
     ``figsize`` and ``linewidth`` follow the paper (6 x 2.5 in, 2 pt); ``dpi`` sets the pixel size
-    (16 dpi -> 96 x 40 px); the processor then resizes to the vision tower's input."""
+    (16 dpi -> 96 x 40 px); the processor then resizes to the vision tower's input. The line is
+    never thinner than 1.5 px: at a low dpi 2 pt would be a faint, half-pixel grey trace."""
 
     def __init__(self, figsize: tuple[float, float] = (6.0, 2.5), dpi: int = 16, linewidth: float = 2.0):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -259,7 +260,8 @@ class PlotRenderer:
         self.canvas = FigureCanvasAgg(self.fig)
         self.ax = self.fig.add_axes((0.02, 0.04, 0.96, 0.92))
         self.ax.set_axis_off()
-        (self.line,) = self.ax.plot([0, 1], [0, 1], color="black", linewidth=linewidth)
+        width = max(linewidth, 1.5 * 72.0 / dpi)  # points; 1.5 px at this dpi
+        (self.line,) = self.ax.plot([0, 1], [0, 1], color="black", linewidth=width)
 
     def render(self, x: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 image of the series as a line plot."""
