@@ -87,7 +87,8 @@ def policy_gradient_loss(
     ``loss_policy``, ``loss_kl``, ``kl``, ``entropy``, ``clipfrac``, ``approx_kl``, ``ratio``.
     """
     mask = batch.action_mask
-    lp, ent = policy.forward_logprobs(batch.input_ids, batch.attention_mask, cfg.temperature, with_entropy=True)
+    kw = {"images": batch.images} if batch.images is not None else {}
+    lp, ent = policy.forward_logprobs(batch.input_ids, batch.attention_mask, cfg.temperature, with_entropy=True, **kw)
     pg, ratio, clipped = clipped_surrogate(lp, batch.old_logprobs, advantages, cfg.eps_low, cfg.eps_high)
     const = cfg.max_new_tokens or mask.shape[1]
     loss_policy = aggregate_loss(pg, mask, cfg.loss_aggregation, const, num_seqs, num_tokens)
@@ -118,9 +119,14 @@ def frozen_copy(model):
     return ref
 
 
-def reference_logprobs(ref_model, batch: TokenBatch, temperature: float) -> torch.Tensor:
+def reference_logprobs(ref_model, batch: TokenBatch, temperature: float, policy=None) -> torch.Tensor:
+    """Log-probs (B, T-1) of the batch under the frozen reference. A batch with images needs the
+    policy's own forward (its processor and image placement), run with the reference's weights."""
     with torch.no_grad():
-        logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        if batch.images is not None:
+            logits = policy.logits(batch.input_ids, batch.attention_mask, batch.images, model=ref_model)[:, :-1]
+        else:
+            logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
         return token_logprobs(logits, batch.input_ids[:, 1:], temperature)
 
 
@@ -158,7 +164,7 @@ def grpo_update(policy, optimizer, batch: TokenBatch, advantages: torch.Tensor, 
                 for bucket in length_buckets(lengths, cfg.max_buckets):
                     sub_ids = ids[bucket]
                     sub = _select(batch, sub_ids)
-                    ref_lp = reference_logprobs(reference, sub, cfg.temperature) if reference is not None else None
+                    ref_lp = reference_logprobs(reference, sub, cfg.temperature, policy) if reference is not None else None
                     Tm = sub.old_logprobs.shape[1]
                     terms = policy_gradient_loss(policy, sub, advantages[sub_ids, :Tm], cfg, kl_coef[sub_ids, :Tm], ref_lp,
                                                  num_seqs=n_seqs, num_tokens=n_tok)

@@ -22,15 +22,21 @@ two agree) and never trained on (it only ever appears in prompts, which carry no
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from warmstart.config import PluginConfig
 from warmstart.errors import DataError, WarmstartError
+from warmstart.functional import entropy_from_logits, token_logprobs
+from warmstart.policies import POLICY_FILE
 from warmstart.policies.sampler import LlamaKVSampler, Samples
+from warmstart.registry import POLICIES
 
 IMAGE_TOKEN = "<image>"
 
@@ -341,10 +347,12 @@ class VLMPolicy:
     def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         return {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]} if parts else {}
 
-    def image_features(self, uniq: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        """Projected features (U, n_img, H) of distinct images (Llava only)."""
-        px = self._cat(uniq)["pixel_values"].to(self.model.dtype)
-        feats = self.model.model.get_image_features(pixel_values=px).pooler_output
+    def image_features(self, uniq: list[dict[str, torch.Tensor]], model=None) -> torch.Tensor:
+        """Projected features (U, n_img, H) of distinct images (Llava only), by ``model`` (default:
+        the policy's own; a frozen KL reference passes itself)."""
+        model = model if model is not None else self.model
+        px = self._cat(uniq)["pixel_values"].to(model.dtype)
+        feats = model.model.get_image_features(pixel_values=px).pooler_output
         return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
 
     # ------------------------------------------------------------------------------ text <-> ids
@@ -361,6 +369,11 @@ class VLMPolicy:
         else:
             text = self.image_token * len(pil) + prompt
             bos = [self.bos_id] if self.bos_id is not None else []
+        if self.llava and not self.chat:
+            # a Llava image is always image_seq_length tokens: expand the placeholders here and skip
+            # the processor's image pass (the pixels are computed, and cached, when sampling/training)
+            text = text.replace(self.image_token, self.image_token * self.model.config.image_seq_length)
+            return bos + list(self.tokenizer(text)["input_ids"])
         out = self.processor(text=[text], images=pil or None, return_tensors="pt")
         return bos + out["input_ids"][0].tolist()
 
@@ -448,33 +461,34 @@ class VLMPolicy:
         return Samples(res_ids, res_lp, fin)
 
     # ---------------------------------------------------------------------------------- learning
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: Sequence[Sequence[Any]] | None = None):
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: Sequence[Sequence[Any]] | None = None,
+               model=None):
         """Logits (B, T, V) of a (right-padded) batch with its images, the image token masked out.
-        Llava: each distinct image goes through the vision tower once (with gradients)."""
+        Llava: each distinct image goes through the vision tower once (with gradients). ``model``
+        defaults to the policy's own; a frozen copy of it (GRPO's KL reference) may stand in."""
+        model = model if model is not None else self.model
         images = images if images is not None else [[] for _ in range(input_ids.shape[0])]
         uniq, rows = self._distinct(images)
         if self.llava:
-            emb = self.model.get_input_embeddings()(input_ids)  # (B, T, H)
+            emb = model.get_input_embeddings()(input_ids)  # (B, T, H)
             if uniq:
-                feats = self.image_features(uniq)  # (U, n_img, H)
+                feats = self.image_features(uniq, model)  # (U, n_img, H)
                 slots = input_ids == self.image_token_id
                 order = [j for r in rows for j in r]
                 if int(slots.sum()) != len(order) * feats.shape[1]:
                     raise DataError(f"the batch has {int(slots.sum())} image tokens for {len(order)} images "
                                     f"({feats.shape[1]} tokens each)")
                 emb = emb.masked_scatter(slots.unsqueeze(-1), feats[order].reshape(-1, emb.shape[-1]).to(emb.dtype))
-            logits = self.model(inputs_embeds=emb, attention_mask=attention_mask).logits
+            logits = model(inputs_embeds=emb, attention_mask=attention_mask).logits
         else:
             extra = self._mm_inputs(input_ids, [uniq[j] for r in rows for j in r])
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
         return logits + self.logit_bias.to(logits.dtype)
 
     def forward_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,
                          images: Sequence[Sequence[Any]] | None = None):
         """Log-probs (B, T-1) of ``input_ids[:, 1:]`` given the images (and the entropy per position
         when asked), as the text policy's."""
-        from warmstart.learn.core import entropy_from_logits, token_logprobs
-
         logits = self.logits(input_ids, attention_mask, images)[:, :-1]  # (B, T-1, V)
         lp = token_logprobs(logits, input_ids[:, 1:], temperature)
         if with_entropy:
@@ -490,6 +504,9 @@ class VLMPolicy:
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
         self.processor.save_pretrained(path)
+        # what this directory is, for warmstart.policies.load_policy (HF's Auto* classes ignore it)
+        (path / POLICY_FILE).write_text(json.dumps({"kind": "vlm", "format": "warmstart-vlm-policy", "chat_template": self.chat,
+                                                    "freeze_vision": self.frozen_vision}, indent=2))
 
     def load_weights(self, path: str | Path) -> None:
         """Load the weights of a checkpoint saved by :meth:`save` into this policy (resume)."""
@@ -546,3 +563,47 @@ class VLMPolicy:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+# -------------------------------------------------------------------------------------- registry
+
+
+class VLMPolicyConfig(PluginConfig):
+    kind: str = "vlm"
+    path: str | None = Field(None, description="local HF image-text-to-text model directory (e.g. Qwen2-VL); when set, the size fields are ignored")
+    hidden_size: int = Field(96, ge=8, description="tiny VLM: language model width")
+    num_layers: int = Field(3, ge=1, description="tiny VLM: language model layers")
+    num_heads: int = Field(4, ge=1, description="tiny VLM: language model attention heads")
+    intermediate_size: int | None = Field(None, description="tiny VLM: language MLP width; default 4 x hidden")
+    max_position: int = Field(512, ge=16, description="tiny VLM: longest sequence (image tokens + prompt + answer)")
+    image_size: int = Field(32, ge=8, description="tiny VLM: images are resized to image_size x image_size")
+    patch_size: int = Field(8, ge=2, description="tiny VLM: ViT patch side; (image_size / patch_size)^2 tokens per image")
+    vision_hidden: int = Field(64, ge=8, description="tiny VLM: vision tower width")
+    vision_layers: int = Field(2, ge=1, description="tiny VLM: vision tower layers")
+    vision_heads: int = Field(4, ge=1, description="tiny VLM: vision tower attention heads")
+    chars: str | None = Field(None, description="tiny VLM: character vocabulary; default printable ASCII")
+    freeze_vision: bool = Field(False, description="train only the projector and the language model (SOPHIA's choice)")
+    dtype: str = Field("float32", description="parameter dtype: float32 or bfloat16")
+    use_chat_template: bool = Field(True, description="wrap prompts in the processor's chat template when it has one")
+
+
+def load_vlm_policy(path: str | Path) -> VLMPolicy:
+    """Reopen a saved VLM policy (or any local image-text-to-text HF directory)."""
+    meta = Path(path) / POLICY_FILE
+    info = json.loads(meta.read_text()) if meta.exists() else {}
+    return VLMPolicy.from_pretrained(path, use_chat_template=info.get("chat_template", True),
+                                     freeze_vision=info.get("freeze_vision", False))
+
+
+@POLICIES.register("vlm", VLMPolicyConfig, load=load_vlm_policy)
+def make_vlm_policy(cfg: VLMPolicyConfig, task=None, seed: int = 0) -> VLMPolicy:
+    """A vision-language model: a local HF VLM (`path`, e.g. Qwen2-VL) or a tiny Llava built from this config."""
+    if cfg.path:
+        return VLMPolicy.from_pretrained(cfg.path, cfg.use_chat_template, cfg.dtype, cfg.freeze_vision)
+    torch.manual_seed(seed)
+    fields = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position", "image_size", "patch_size",
+              "vision_hidden", "vision_layers", "vision_heads", "chars")
+    model, proc = build_tiny_vlm(**{k: getattr(cfg, k) for k in fields})
+    if cfg.dtype != "float32":
+        model = model.to(getattr(torch, cfg.dtype))
+    return VLMPolicy(model, proc, cfg.use_chat_template, cfg.freeze_vision)

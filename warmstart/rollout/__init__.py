@@ -98,7 +98,8 @@ def rollout(
     stop_ids, long_stops = _stops(policy, sampling.stop) if sampling.stop else (None, [])
     episodes: list[Episode] = []
     for i, prob in enumerate(problems):
-        pids = policy.encode_prompt(prob.prompt)
+        # a VLM's prompt ids hold its images' placeholder tokens, so the images go into the encoding too
+        pids = policy.encode_prompt(prob.prompt, prob.images) if prob.images else policy.encode_prompt(prob.prompt)
         images = list(prob.images)
         for _ in range(samples):
             episodes.append(Episode(prompt=prob.prompt, prompt_ids=list(pids), group=group_offset + i, images=images,

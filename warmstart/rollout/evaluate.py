@@ -36,6 +36,19 @@ def evaluate_multi_turn(policy, task, eval_cfg) -> dict:
     return task.turn_metrics(eps)
 
 
+def subset_accuracy(problems: list, correct: list[bool]) -> dict[str, float]:
+    """``accuracy/<subset>`` for problems tagged with ``info["subset"]`` (e.g. one dataset of several),
+    and ``accuracy_mean``, their unweighted mean; empty when no problem is tagged."""
+    per: dict[str, list[bool]] = {}
+    for p, c in zip(problems, correct):
+        if p.info.get("subset") is not None:
+            per.setdefault(str(p.info["subset"]), []).append(c)
+    out = {f"accuracy/{k}": sum(v) / len(v) for k, v in per.items()}
+    if per:
+        out["accuracy_mean"] = sum(out.values()) / len(per)
+    return out
+
+
 def evaluate_reasoning(policy, task, eval_cfg, rewards=None) -> dict:
     """Greedy accuracy over ``eval_cfg.n`` held-out problems, pass@k with ``k = eval_cfg.samples``
     samples at ``eval_cfg.temperature`` (a problem counts when any sample is right), the mean of
@@ -46,6 +59,7 @@ def evaluate_reasoning(policy, task, eval_cfg, rewards=None) -> dict:
     greedy, _ = rollout(policy, problems, sampling=Sampling(max_new, 0.0, batch_size=eval_cfg.batch_size))
     correct = [task.is_correct(e.text, p.answer) for e, p in zip(greedy, problems)]
     out = {"n": len(problems), "accuracy": sum(correct) / len(problems)}
+    out.update(subset_accuracy(problems, correct))
     out.update(task.episode_metrics([e.text for e in greedy]))
     out["mean_tokens"] = sum(len(e.ids) for e in greedy) / len(greedy)
     k = eval_cfg.samples
