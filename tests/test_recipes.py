@@ -25,6 +25,7 @@ FAMILY_KEYS = {
     "promed": {"accuracy", "questions", "useless_share", "sig_per_question", "coverage", "bayes_oracle"},
     "lid": {"success_rate_seen", "success_rate_unseen", "mean_length_seen", "mean_length_unseen"},
     "unio4": {"mean_return", "normalized_return"},
+    "timemaster": {"accuracy", "accuracy_mean", "accuracy/GunPoint", "accuracy/ArrowHead", "accuracy/ItalyPowerDemand"},
 }
 
 
@@ -59,7 +60,7 @@ def test_recipe_smoke(name, tmp_path):
     # the one loader reopens the final policy, whatever its kind
     meta = json.loads((run_dir / "final" / "policy.json").read_text())
     pol = load_policy(run_dir / "final")
-    assert type(pol).__name__ == {"lm": "LMPolicy", "mlp": "MLPPolicy", "lid": "LIDPolicy"}[meta["kind"]]
+    assert type(pol).__name__ == {"lm": "LMPolicy", "mlp": "MLPPolicy", "lid": "LIDPolicy", "vlm": "VLMPolicy"}[meta["kind"]]
     for p in recipe.phases:  # reward models a phase trains are in the run's artifacts store
         if p.kind in ("train_orm", "train_prm"):
             assert (run_dir / "artifacts" / p.kind[-3:] / "reward_head.safetensors").exists()

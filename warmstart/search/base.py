@@ -63,7 +63,9 @@ class Expander:
         self.max_new_tokens = max_new_tokens or task.max_new_tokens
         self.batch_size = batch_size
         self.sep = separator_id(policy, task)
-        self.prompt_ids = [policy.encode_prompt(p.prompt) for p in problems]
+        # a VLM's prompt ids hold its images' placeholder tokens: encode (and later sample) with the images
+        self.prompt_ids = [policy.encode_prompt(p.prompt, p.images) if p.images else policy.encode_prompt(p.prompt)
+                           for p in problems]
         self.tokens = [0] * len(problems)
         self.calls = 0
         self.sample_time = 0.0
@@ -82,10 +84,13 @@ class Expander:
         # one call for every row; the longest allowed continuation bounds the decode loop
         cap = max(limits) if full else min(self.max_step_tokens, max(limits))
         flat = [pr for pr in prompts for _ in range(k)]
+        kw = {}
+        if any(self.problems[p.problem].images for p in partials):
+            kw["images"] = [list(self.problems[p.problem].images) for p in partials for _ in range(k)]
         t0 = time.time()
         out = self.policy.sample(flat, max(cap, 1), temperature=self.temperature if temperature is None else temperature,
                                  top_p=self.top_p, generator=self.generator, batch_size=self.batch_size,
-                                 stop_ids=None if full else [self.sep])
+                                 stop_ids=None if full else [self.sep], **kw)
         self.sample_time += time.time() - t0
         self.calls += 1
         res: list[list[Partial]] = []
@@ -117,7 +122,7 @@ class Expander:
 
     def episode(self, p: Partial, group: int | None = None, **info) -> Episode:
         prob = self.problems[p.problem]
-        e = Episode(prompt=prob.prompt, prompt_ids=list(self.prompt_ids[p.problem]),
+        e = Episode(prompt=prob.prompt, prompt_ids=list(self.prompt_ids[p.problem]), images=list(prob.images),
                     group=p.problem if group is None else group,
                     info={"answer": prob.answer, **prob.info, **info})
         e.add_turn(list(p.ids), list(p.logprobs), self.text(p))

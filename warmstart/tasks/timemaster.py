@@ -70,6 +70,7 @@ class TimeMasterTask:
     """UCR time-series classification from plots (or numbers), single turn."""
 
     answer_marker = "<class>"
+    step_separator = ","  # the templated reasoning lists its observations: "rises, 1 peak, max mid"
 
     def __init__(self, cfg: TimeMasterConfig, split: str = "train", seed: int = 0):
         unknown = [d for d in cfg.datasets if d not in UCR_SETS]
