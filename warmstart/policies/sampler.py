@@ -289,16 +289,38 @@ class LlamaKVSampler:
         return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
 
 
-def hf_sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_p=1.0, generator=None, stop_ids=None):
-    """Fallback for models the KV sampler does not cover: HF ``generate`` + one scoring pass for
-    behaviour log-probs. Slower, but any causal LM works."""
-    B = len(prompts)
-    P = max(len(p) for p in prompts)
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask, both (B, P), for HF ``generate``."""
+    B, P = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((B, P), pad_id, dtype=torch.long)
     att = torch.zeros((B, P), dtype=torch.long)
     for b, p in enumerate(prompts):
         ids[b, P - len(p) :] = torch.tensor(p)
         att[b, P - len(p) :] = 1
+    return ids, att
+
+
+def cut_at_stops(gen: torch.Tensor, lps: torch.Tensor, stops: set[int]) -> Samples:
+    """Generated ids (B, N) and their log-probs as :class:`Samples`, each row cut after its first stop token."""
+    res_ids, res_lp, fin = [], [], []
+    for b in range(gen.shape[0]):
+        row = gen[b].tolist()
+        n, done = len(row), False
+        for i, tok in enumerate(row):
+            if tok in stops:
+                n, done = i + 1, True
+                break
+        res_ids.append(row[:n])
+        res_lp.append(lps[b, :n].tolist())
+        fin.append(done)
+    return Samples(res_ids, res_lp, fin)
+
+
+def hf_sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_p=1.0, generator=None, stop_ids=None):
+    """Fallback for models the KV sampler does not cover: HF ``generate`` + one scoring pass for
+    behaviour log-probs. Slower, but any causal LM works."""
+    P = max(len(p) for p in prompts)
+    ids, att = left_pad(prompts, pad_id)
     if generator is not None:
         torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
     kw = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
@@ -309,21 +331,9 @@ def hf_sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, t
         out = model.generate(input_ids=ids, attention_mask=att, **kw)
     gen = out[:, P:]
     stops = set(stop_ids or []) | ({eos_id} if eos_id is not None else set())
-    res_ids, res_lp, fin = [], [], []
     full_att = torch.cat([att, torch.ones_like(gen)], 1)
     with torch.no_grad():
         logits = model(input_ids=out, attention_mask=full_att).logits[:, P - 1 : -1].float()
     t = temperature if temperature > 0 else 1.0
     lps = torch.log_softmax(logits / t, -1).gather(-1, gen.unsqueeze(-1)).squeeze(-1)
-    for b in range(B):
-        row = gen[b].tolist()
-        n = len(row)
-        done = False
-        for i, tok in enumerate(row):
-            if tok in stops:
-                n, done = i + 1, True
-                break
-        res_ids.append(row[:n])
-        res_lp.append(lps[b, :n].tolist())
-        fin.append(done)
-    return Samples(res_ids, res_lp, fin)
+    return cut_at_stops(gen, lps, stops)

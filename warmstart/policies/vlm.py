@@ -35,7 +35,7 @@ from warmstart.config import PluginConfig
 from warmstart.errors import DataError, WarmstartError
 from warmstart.functional import entropy_from_logits, token_logprobs
 from warmstart.policies import POLICY_FILE
-from warmstart.policies.sampler import LlamaKVSampler, Samples
+from warmstart.policies.sampler import LlamaKVSampler, Samples, cut_at_stops, left_pad
 from warmstart.registry import POLICIES
 
 IMAGE_TOKEN = "<image>"
@@ -426,12 +426,8 @@ class VLMPolicy:
     def _hf_sample(self, prompts, uniq, rows, max_new_tokens, temperature, top_p, generator, stop_ids) -> Samples:
         """Fallback: HF ``generate`` on left-padded prompts with the image tensors in row order, then
         one teacher-forced pass for the behaviour log-probs (under the same logit mask)."""
-        B, P = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
-        att = torch.zeros((B, P), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, P - len(p) :] = torch.tensor(p)
-            att[b, P - len(p) :] = 1
+        P = max(len(p) for p in prompts)
+        ids, att = left_pad(prompts, self.pad_id)
         parts = [uniq[j] for r in rows for j in r]
         if generator is not None:
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
@@ -447,18 +443,7 @@ class VLMPolicy:
             logits = self.model(input_ids=out, attention_mask=full_att, **self._mm_inputs(out, parts)).logits[:, P - 1 : -1].float()
         t = temperature if temperature > 0 else 1.0
         lps = torch.log_softmax((logits + self.logit_bias) / t, -1).gather(-1, gen.unsqueeze(-1)).squeeze(-1)
-        res_ids, res_lp, fin = [], [], []
-        for b in range(B):
-            row = gen[b].tolist()
-            n, done = len(row), False
-            for i, tok in enumerate(row):
-                if tok in stops:
-                    n, done = i + 1, True
-                    break
-            res_ids.append(row[:n])
-            res_lp.append(lps[b, :n].tolist())
-            fin.append(done)
-        return Samples(res_ids, res_lp, fin)
+        return cut_at_stops(gen, lps, set(stops))
 
     # ---------------------------------------------------------------------------------- learning
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: Sequence[Sequence[Any]] | None = None,
