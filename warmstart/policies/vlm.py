@@ -35,6 +35,7 @@ from warmstart.config import PluginConfig
 from warmstart.errors import DataError, WarmstartError
 from warmstart.functional import entropy_from_logits, token_logprobs
 from warmstart.policies import POLICY_FILE
+from warmstart.policies.lm import LMPolicy
 from warmstart.policies.sampler import LlamaKVSampler, Samples, cut_at_stops, left_pad
 from warmstart.registry import POLICIES
 
@@ -377,13 +378,9 @@ class VLMPolicy:
         out = self.processor(text=[text], images=pil or None, return_tensors="pt")
         return bos + out["input_ids"][0].tolist()
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of a continuation (no special tokens added)."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: list[int]) -> str:
-        """Text of generated ids, without EOS/pad."""
-        return self.tokenizer.decode([i for i in ids if i not in (self.eos_id, self.pad_id)], skip_special_tokens=False)
+    # continuations are plain text: the text policy's own encode/decode (they read only the tokenizer)
+    encode = LMPolicy.encode
+    decode = LMPolicy.decode
 
     # ---------------------------------------------------------------------------------- sampling
     def sample(
