@@ -40,6 +40,7 @@ from warmstart.policies.sampler import LlamaKVSampler, Samples, cut_at_stops, le
 from warmstart.registry import POLICIES
 
 IMAGE_TOKEN = "<image>"
+PROJECTOR_INIT_SCALE = 5.0  # see build_tiny_vlm
 
 
 # --------------------------------------------------------------------------------------- images
@@ -125,6 +126,12 @@ def build_tiny_vlm(
                       vision_feature_select_strategy="full", vision_feature_layer=-1, projector_hidden_act="gelu",
                       tie_word_embeddings=True)
     model = LlavaForConditionalGeneration(cfg)
+    with torch.no_grad():
+        # At HF's init (std 0.02) the projected image features start ~3x smaller than the token
+        # embeddings and a tiny language model is slow to start reading them: on a rise-vs-fall plot
+        # task SFT needed ~280 steps before accuracy left 50%; with both projector layers x5 it needs ~150.
+        for lin in (model.model.multi_modal_projector.linear_1, model.model.multi_modal_projector.linear_2):
+            lin.weight.mul_(PROJECTOR_INIT_SCALE)
     ip = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
     proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch_size, vision_feature_select_strategy="full",
                           num_additional_image_tokens=0, image_token=IMAGE_TOKEN)
