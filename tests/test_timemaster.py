@@ -36,7 +36,9 @@ def test_image_and_numbers_views_differ_only_in_how_the_series_is_shown():
 
 
 def test_demo_episodes_carry_their_images_and_image_tokens():
-    train, _ = _task("image")
+    from warmstart.tasks.timemaster import TimeMasterConfig, TimeMasterTask
+
+    train = TimeMasterTask(TimeMasterConfig(datasets=["ItalyPowerDemand"], perception_demos=8, ucr_repeats=2), "train")
     torch.manual_seed(0)
     pol = VLMPolicy(*build_tiny_vlm(hidden_size=32, num_layers=1, num_heads=4, image_size=16, patch_size=8, vision_hidden=16,
                                     vision_layers=1, vision_heads=2))
