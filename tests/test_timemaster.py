@@ -166,6 +166,7 @@ def test_best_of_n_searches_image_prompts():
     assert sum(res.tokens) > 0
 
 
+@pytest.mark.slow
 def test_vlm_run_resumes_with_identical_metrics(tmp_path, monkeypatch):
     """Kill a VLM run mid-GRPO (after a checkpoint), resume it: the same metrics as a run that never stopped."""
     import json
@@ -175,7 +176,8 @@ def test_vlm_run_resumes_with_identical_metrics(tmp_path, monkeypatch):
     from warmstart.learn.grpo import GRPOPhase
 
     root = Path(__file__).resolve().parents[1]
-    sets = ["phases.grpo.steps=3", "checkpoint.every=3", "eval.n=3"]
+    # beta > 0: the KL reference scores image prompts too (and is checkpointed with the phase)
+    sets = ["phases.grpo.steps=3", "phases.grpo.beta=0.05", "checkpoint.every=3", "eval.n=3"]
     recipe, raw = load_recipe(root / "recipes" / "timemaster.yaml", sets, smoke=True)
     run_recipe(recipe, raw, run_dir=tmp_path / "full", smoke=True, quiet=True)
 
@@ -201,3 +203,5 @@ def test_vlm_run_resumes_with_identical_metrics(tmp_path, monkeypatch):
                 for line in (d / "metrics.jsonl").read_text().splitlines()]
 
     assert rows(tmp_path / "killed") == rows(tmp_path / "full")
+    grpo = [r for r in rows(tmp_path / "full") if r["phase"] == "grpo"]
+    assert grpo[0]["kl"] == pytest.approx(0.0, abs=1e-6) and all(np.isfinite(r["kl"]) for r in grpo)
