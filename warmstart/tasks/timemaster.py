@@ -14,7 +14,7 @@ learns to see trend, peaks and steps on the synthetic ones at the same time. (On
 rather than pre-training then fine-tuning: the engine's SFT phase trains on the task's demos, and
 mixing avoids forgetting perception while fitting 150 real series.) GRPO samples UCR train series;
 evaluation is greedy on a fixed subset of each test split, reported per dataset
-(``accuracy/<dataset>``) and as their mean (``accuracy``: the subsets are equal in size).
+(``accuracy/<dataset>``) and as their mean (``accuracy_mean``; with equal subsets it equals ``accuracy``).
 
 Rewards: ``class_accuracy`` (1 when the class in ``<class>`` is right) and ``class_format`` (1 when
 the answer is ``<think>..</think><class>C</class>`` with C a valid class of that dataset), weighted
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -178,7 +177,3 @@ def class_format_reward(cfg: ClassFormatConfig):
 
     return fn
 
-
-def mean_accuracy(per_dataset: dict[str, float]) -> float:
-    """Unweighted mean over datasets (what the TimeMaster tables report)."""
-    return float(np.mean(list(per_dataset.values()))) if per_dataset else float("nan")
