@@ -184,6 +184,27 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         if not (run_dir / "config.yaml").exists():
             raise WarmstartError(f"--resume: {run_dir} holds no run (no config.yaml). Give the --run-dir of the "
                                  "run to continue, or drop --resume to start a new run there.")
+    else:
+        _refuse_others(run_dir, overwrite)
+
+
+def _refuse_others(run_dir: Path, overwrite: bool) -> None:
+    """A run that is not resumed may not mix with an earlier run or with other files."""
+    if not run_dir.is_dir() or overwrite:
+        return
+    if (run_dir / "config.yaml").exists():
+        raise WarmstartError(
+            f"run directory {run_dir} already holds a run. Pass --resume to continue it, --overwrite to "
+            "replace it, or choose another --run-dir (nothing was changed)."
+        )
+    others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE and p.name not in RUN_OUTPUTS)
+    if others:
+        shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        raise WarmstartError(
+            f"--run-dir {run_dir} is not empty and holds no run ({shown}). A run there would mix with "
+            "those files. Choose a new or empty directory, or pass --overwrite to use it anyway (nothing "
+            "was changed)."
+        )
 
 
 def claim_run_dir(run_dir: Path, text: str, resume: bool, overwrite: bool) -> None:
@@ -196,19 +217,7 @@ def claim_run_dir(run_dir: Path, text: str, resume: bool, overwrite: bool) -> No
                 f"({cfg_path}). Resume with the same recipe and --set overrides, or start a new run dir."
             )
         return
-    if cfg_path.exists() and not overwrite:
-        raise WarmstartError(
-            f"run directory {run_dir} already holds a run. Pass --resume to continue it, --overwrite to "
-            "replace it, or choose another --run-dir (nothing was changed)."
-        )
-    others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE and p.name not in RUN_OUTPUTS)
-    if others and not overwrite:
-        shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
-        raise WarmstartError(
-            f"--run-dir {run_dir} is not empty and holds no run ({shown}). A run there would mix with "
-            "those files. Choose a new or empty directory, or pass --overwrite to use it anyway (nothing "
-            "was changed)."
-        )
+    _refuse_others(run_dir, overwrite)  # again, under the lock: another run may have started meanwhile
     if overwrite:  # remove the earlier run's own outputs only; the user's other files stay
         for name in RUN_OUTPUTS:
             p = run_dir / name
