@@ -460,3 +460,23 @@ def test_kill_9_during_log_appends_then_a_concurrent_start_is_refused_and_resume
     res = invoke("run", recipe, "--run-dir", run_dir, "--resume", "--quiet")
     assert res.exit_code == 0, res.output
     assert rows(run_dir) == rows(reference)
+
+
+def test_time_limit_raises_and_gives_an_enclosing_limit_its_remaining_time():
+    import signal
+
+    from warmstart.errors import CallbackTimeout, time_limit
+
+    with pytest.raises(CallbackTimeout, match="did not return within 0.05 s"):
+        with time_limit(0.05, "reward 'x'"):
+            time.sleep(5)
+    signal.setitimer(signal.ITIMER_REAL, 30)  # an enclosing limit (a harness, another callback)
+    old = signal.signal(signal.SIGALRM, lambda *_: None)
+    try:
+        for _ in range(5):
+            with time_limit(10, "reward 'y'"):
+                pass
+        assert 29 < signal.getitimer(signal.ITIMER_REAL)[0] <= 30  # not shortened by the inner limits
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

@@ -38,10 +38,15 @@ def time_limit(seconds: float, what: str):
     import contextlib
     import signal
     import threading
+    import time
 
     @contextlib.contextmanager
     def limit():
         if not seconds or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        outer = signal.getitimer(signal.ITIMER_REAL)[0]
+        if outer and outer <= seconds:  # an enclosing limit expires first: it is the one that applies
             yield
             return
 
@@ -49,13 +54,14 @@ def time_limit(seconds: float, what: str):
             raise CallbackTimeout(f"{what} did not return within {seconds:g} s (guard.callback_timeout_s)")
 
         old = signal.signal(signal.SIGALRM, on_alarm)
-        old_timer = signal.setitimer(signal.ITIMER_REAL, seconds)
+        t0 = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         try:
             yield
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
-            if old_timer[0]:  # an outer limit was running: give it back what is left of it
-                signal.setitimer(signal.ITIMER_REAL, max(old_timer[0] - seconds, 1e-3))
+            if outer:  # give an enclosing limit back what is left of it
+                signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - t0), 1e-3))
 
     return limit()
