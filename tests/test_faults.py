@@ -21,39 +21,7 @@ import torch
 
 pytestmark = pytest.mark.faults
 
-TINY = """\
-name: tiny-faults
-seed: 5
-task:
-  kind: chain_arithmetic
-  n_terms: 2
-  n_demos: 64
-  n_test: 8
-policy:
-  kind: lm
-  hidden_size: 16
-  num_layers: 1
-  num_heads: 2
-  max_position: 48
-rewards:
-  - kind: exact_answer
-phases:
-  - kind: sft
-    steps: 6
-    batch_size: 8
-  - kind: grpo
-    steps: 3
-    prompts_per_step: 2
-    group_size: 2
-eval:
-  n: 4
-  samples: 1
-checkpoint:
-  every: 2
-  keep: 3
-smoke:
-  phases.sft.steps: 1
-"""
+TINY = (Path(__file__).parent / "fault_tiny.yaml").read_text()
 
 TIMING = {"time_step_s", "tokens_per_s", "sample_tokens_per_s", "train_tokens_per_s", "eval_time_s"}
 
@@ -366,7 +334,7 @@ def test_bad_data_names_file_and_line_before_anything_is_written(tmp_path, data,
     (lambda t: t.replace("phases:\n  - kind: sft\n    steps: 6\n    batch_size: 8\n  - kind: grpo\n    steps: 3\n"
                          "    prompts_per_step: 2\n    group_size: 2\n", "phases: []\n"), "phases"),
     (lambda t: t.replace("smoke:\n  phases.sft.steps: 1\n", ""), "--smoke needs a `smoke:` block"),
-    (lambda t: t.encode("utf-8").replace(b"tiny-faults", b"tiny-\xff") , ":1: the recipe is not UTF-8"),
+    (lambda t: t.encode("utf-8").replace(b"tiny-faults", b"tiny-\xff") , ":2: the recipe is not UTF-8"),
 ])
 def test_nonsense_recipes_are_refused_before_anything_is_written(tmp_path, mutate, expect):
     text = mutate(TINY)
@@ -480,3 +448,8 @@ def test_time_limit_raises_and_gives_an_enclosing_limit_its_remaining_time():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_more_held_out_problems_than_exist_is_an_error_not_a_hang(reference):
+    res = invoke("eval", reference / "final", "--task", "chain_arithmetic", "--set", "n_terms=2")
+    assert res.exit_code == 2 and "task.n_test 1000" in res.output and "only 200 distinct" in res.output.replace("\n", " ")
