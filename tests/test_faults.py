@@ -419,9 +419,9 @@ def test_kill_9_during_log_appends_then_a_concurrent_start_is_refused_and_resume
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and log.stat().st_size > 0):
         time.sleep(0.01)
-    b = invoke("run", recipe, "--run-dir", run_dir, "--resume", "--quiet")  # while A holds the lock
+    os.kill(a.pid, signal.SIGSTOP)  # frozen mid-run (in the first steps' appends), still holding the lock
+    b = invoke("run", recipe, "--run-dir", run_dir, "--resume", "--quiet")
     assert b.exit_code == 2 and f"PID {a.pid}" in b.output
-    time.sleep(0.3)  # somewhere in the first steps' appends
     os.kill(a.pid, signal.SIGKILL)
     a.wait()
     assert not (run_dir / "summary.json").exists()  # it really died mid-run
