@@ -21,10 +21,75 @@ app = typer.Typer(
 
 def _fail(e: Exception) -> None:
     from rich.console import Console
+    from rich.text import Text
 
-    # soft_wrap: keep paths and keys whole on one line so the message can be copied and grepped
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+    # soft_wrap: keep paths and keys whole on one line so the message can be copied and grepped;
+    # the message is user text (paths, values, keys): printed literally, never read as markup
+    msg = Text("error: ", style="bold red")
+    msg.append(str(e))
+    Console(stderr=True, soft_wrap=True).print(msg, highlight=False)
     raise typer.Exit(code=2)
+
+
+def _os_message(e: OSError, doing: str) -> str:
+    """One paragraph for a filesystem error: what failed, on which path, what to do."""
+    import errno
+
+    where = f" {e.filename}" if e.filename else ""
+    what = e.strerror or type(e).__name__
+    advice = {
+        errno.ENOSPC: "The disk is full: free space (or choose a --run-dir on another disk).",
+        errno.EDQUOT: "The disk quota is exhausted: free space (or choose a --run-dir on another disk).",
+        errno.EACCES: "No permission: choose a path you can write, or fix its permissions.",
+        errno.EPERM: "No permission: choose a path you can write, or fix its permissions.",
+        errno.EROFS: "The filesystem is read-only: choose a --run-dir on a writable disk.",
+        errno.ENOTDIR: "A part of the path is a file, not a directory: choose another path.",
+        errno.EISDIR: "The path is a directory where a file was expected.",
+        errno.ENOENT: "Check the path.",
+        errno.ENAMETOOLONG: "Choose a shorter path.",
+    }.get(e.errno, "Check the path and the disk.")
+    return f"{doing} failed: {what}:{where}. {advice}"
+
+
+def _guarded(fn, doing: str, after: str = ""):
+    """Run ``fn`` and turn every error a user can cause into one paragraph (exit code 2)."""
+    from pydantic import ValidationError
+
+    try:
+        return fn()
+    except WarmstartError as e:
+        _fail(e)
+    except OSError as e:
+        _fail(WarmstartError(_os_message(e, doing) + after))
+    except UnicodeDecodeError as e:
+        _fail(WarmstartError(f"{doing} failed: a file is not UTF-8 text ({e.reason} at byte {e.start}). Save it as "
+                             "UTF-8." + after))
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+                             for err in e.errors())
+        _fail(WarmstartError(f"{doing}: invalid option: {problems}."))
+    except MemoryError:
+        _fail(WarmstartError(f"{doing} ran out of memory. Use a smaller model, batch or data file." + after))
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise WarmstartError(f"{name} {value}: must be a whole number >= 1.")
+
+
+def _int_list(name: str, text: str) -> list[int]:
+    """A comma-separated list of positive whole numbers, e.g. ``--budgets 64,128``."""
+    out = []
+    for part in text.split(","):
+        try:
+            v = int(part.strip())
+        except ValueError:
+            raise WarmstartError(f"{name} {text!r}: {part.strip()!r} is not a whole number. Give comma-separated "
+                                 "token budgets, e.g. 64,128,256.") from None
+        if v < 1:
+            raise WarmstartError(f"{name} {text!r}: {v} is not a budget; each must be >= 1 token.")
+        out.append(v)
+    return out
 
 
 @app.command()
@@ -35,6 +100,7 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="continue the run in --run-dir from its last checkpoint"),
     smoke: bool = typer.Option(False, "--smoke", help="tiny budget from the recipe's smoke: block (seconds), for tests and first tries"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars or tables"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="use --run-dir although it holds another run or other files (the earlier run's outputs are removed)"),
 ):
     """Run a recipe end to end; writes config.yaml, metrics.jsonl, summary.json, checkpoints/, final/, curves.png."""
     from warmstart.engine.config import load_recipe
@@ -42,11 +108,14 @@ def run(
 
     if resume and run_dir is None:
         _fail(WarmstartError("--resume needs --run-dir: the directory of the run to continue."))
-    try:
+    after = (f" The run directory {run_dir} keeps its last checkpoint; continue with --resume once fixed."
+             if run_dir is not None else "")
+
+    def go():
         r, raw = load_recipe(recipe, set_ or [], smoke=smoke)
-        run_recipe(r, raw, run_dir=run_dir, resume=resume, smoke=smoke, quiet=quiet)
-    except WarmstartError as e:
-        _fail(e)
+        run_recipe(r, raw, run_dir=run_dir, resume=resume, smoke=smoke, quiet=quiet, overwrite=overwrite)
+
+    _guarded(go, f"run {recipe}", after)
 
 
 @app.command("eval")
@@ -64,26 +133,26 @@ def eval_(
     from warmstart.engine.config import EvalConfig
     from warmstart.engine.eval import evaluate_checkpoint
 
-    try:
+    def go():
+        _positive("--n", n)
+        _positive("--samples", samples)
+        _positive("--turns", turns)
         ev = EvalConfig(n=n, samples=samples, temperature=temperature)
-        metrics, label = evaluate_checkpoint(checkpoint, task, ev, [s for s in (set_ or [])], turns=turns)
-    except WarmstartError as e:
-        _fail(e)
-        return
-    from rich.table import Table
+        return evaluate_checkpoint(checkpoint, task, ev, [s for s in (set_ or [])], turns=turns)
 
-    table = Table(title=f"eval of {checkpoint} on {label}")
+    metrics, label = _guarded(go, f"eval {checkpoint}")
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(f"eval of {checkpoint} on {label}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
         table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     console.print(table)
     path = out or (checkpoint / f"eval-{label}.json")
-    try:
-        path.write_text(json.dumps(metrics, indent=2))
-        console.print(f"written to {path}")
-    except OSError as e:
-        _fail(WarmstartError(f"could not write {path}: {e}"))
+    _guarded(lambda: path.write_text(json.dumps(metrics, indent=2)), f"writing {path}")
+    console.print(f"written to {path}", markup=False, highlight=False)
 
 
 @app.command()
@@ -91,6 +160,7 @@ def recipes(folder: Path = typer.Option(None, help="folder of recipes (default: 
     """List the recipes with their one-line descriptions."""
     import yaml
     from rich.table import Table
+    from rich.text import Text
 
     base = folder or (Path.cwd() / "recipes" if (Path.cwd() / "recipes").is_dir() else Path(__file__).resolve().parents[2] / "recipes")
     table = Table(title=f"recipes in {base}")
@@ -99,10 +169,10 @@ def recipes(folder: Path = typer.Option(None, help="folder of recipes (default: 
     for f in sorted(base.glob("*.yaml")):
         try:
             d = yaml.safe_load(f.read_text()) or {}
-            desc = d.get("description", "")
-        except yaml.YAMLError:
-            desc = "(not valid YAML)"
-        table.add_row(f.stem, desc)
+            desc = d.get("description", "") if isinstance(d, dict) else "(not a recipe: no key: value mapping)"
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            desc = "(not a readable YAML file)"
+        table.add_row(Text(f.stem), Text(str(desc)))
     console.print(table)
 
 
@@ -123,15 +193,18 @@ def search(
     """Test-time search with one strategy at one token budget; prints accuracy and throughput."""
     from warmstart.engine.search_cli import search_main
 
-    try:
-        row = search_main(checkpoint, task, strategy, budget, scorer, n, set_ or [], orm, prm, temperature,
-                          log=lambda m: console.print(m, highlight=False, markup=False))
-    except WarmstartError as e:
-        _fail(e)
-        return
+    def go():
+        _positive("--n", n)
+        _positive("--budget", budget)
+        if temperature < 0:
+            raise WarmstartError(f"--temperature {temperature}: must be >= 0 (0 is greedy).")
+        return search_main(checkpoint, task, strategy, budget, scorer, n, set_ or [], orm, prm, temperature,
+                           log=lambda m: console.print(m, highlight=False, markup=False))
+
+    row = _guarded(go, f"search {checkpoint}")
     console.print_json(json.dumps(row))
     if out:
-        out.write_text(json.dumps(row, indent=2))
+        _guarded(lambda: out.write_text(json.dumps(row, indent=2)), f"writing {out}")
 
 
 @app.command()
@@ -150,14 +223,16 @@ def scaling(
     """Accuracy vs generated tokens for every search strategy at several budgets (JSON + plot)."""
     from warmstart.engine.search_cli import scaling_main
 
-    try:
-        scaling_main(checkpoint, task, out, [int(b) for b in budgets.split(",")] if budgets else None,
+    def go():
+        _positive("--n", n)
+        if temperature < 0:
+            raise WarmstartError(f"--temperature {temperature}: must be >= 0 (0 is greedy).")
+        scaling_main(checkpoint, task, out, _int_list("--budgets", budgets) if budgets else None,
                      strategies=strategies.split(",") if strategies else None, n=n, sets=set_ or [], orm=orm,
                      prm=prm, temperature=temperature, log=lambda s: console.print(s, highlight=False, markup=False))
-    except WarmstartError as e:
-        _fail(e)
-        return
-    console.print(f"written {out} and {out.with_suffix('.png')}")
+
+    _guarded(go, f"scaling {checkpoint}")
+    console.print(f"written {out} and {out.with_suffix('.png')}", markup=False, highlight=False)
 
 
 def main() -> None:

@@ -31,6 +31,13 @@ class LogConfig(Strict):
     every: int = Field(1, ge=1, description="print a progress line every N steps")
 
 
+class GuardConfig(Strict):
+    max_nonfinite_steps: int = Field(3, ge=1, description="stop the run after this many steps in a row whose loss or "
+                                     "gradient was non-finite (each such update is skipped and counted)")
+    callback_timeout_s: float = Field(60.0, ge=0, description="time limit per call of a reward term (seconds; 0: none); "
+                                      "a call over it is reported like a raise and scores None")
+
+
 class Recipe(Strict):
     """A whole experiment. ``task``, ``policy``, ``rewards`` and ``phases`` hold validated plug-in
     configs (their own models), the rest are plain settings."""
@@ -47,10 +54,11 @@ class Recipe(Strict):
     eval_task: Any = Field(None, description="optional held-out task block; default: task with split=test")
     policy: Any = Field(description="policy block: {kind: ..., ...}")
     rewards: list[Any] = Field(default_factory=list, description="reward terms: [{kind, weight, ...}]")
-    phases: list[Any] = Field(description="phases run in order: [{kind: sft, ...}, {kind: grpo, ...}]")
+    phases: list[Any] = Field(min_length=1, description="phases run in order: [{kind: sft, ...}, {kind: grpo, ...}]")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
     smoke: dict[str, Any] = Field(default_factory=dict, description="overrides applied by --smoke")
 
     def phase_index(self, label: str) -> int:
@@ -248,6 +256,23 @@ def validate_recipe(raw: Any, source: str = "<recipe>", text: str | None = None)
     return recipe
 
 
+def read_text_file(path: Path, what: str, max_bytes: int = 16 << 20) -> str:
+    """A small text file (recipe, override) as UTF-8; a clear error for a directory, a huge or
+    binary file, or another encoding, naming the file and line."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give the YAML file inside it.")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ConfigError(f"{what} {path} is {size} bytes; a {what} is a small YAML file (at most {max_bytes} bytes).")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: the {what} is not UTF-8 text (byte {data[e.start]:#x} at offset {e.start}). "
+                          "Save it as UTF-8.") from None
+
+
 def resolve_recipe_path(path: str | Path) -> Path:
     """A recipe path as given, or a bare name looked up in the shipped ``recipes/`` folder."""
     p = Path(path)
@@ -269,7 +294,7 @@ def load_recipe(
     """Read, override and validate a recipe. Returns the typed recipe and the resolved raw dict
     (what is saved as the run's ``config.yaml``)."""
     p = resolve_recipe_path(path)
-    text = p.read_text()
+    text = read_text_file(p, "recipe")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -280,7 +305,10 @@ def load_recipe(
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: a recipe must be a YAML mapping (key: value lines).")
     if smoke:
-        for k, v in (raw.get("smoke") or {}).items():
+        if not isinstance(raw.get("smoke"), dict) or not raw["smoke"]:
+            raise ConfigError(f"{p}: --smoke needs a `smoke:` block in the recipe (the keys a tiny run changes, e.g. "
+                              "`smoke: {phases.sft.steps: 2, eval.n: 8}`); this recipe has none. Nothing was run.")
+        for k, v in raw["smoke"].items():
             apply_override(raw, k, v, source=f"{p} smoke:")
     for ov in overrides or []:
         if "=" not in ov:

@@ -54,9 +54,9 @@ class MetricsLogger:
     ``truncate_to`` cuts the file back to a byte offset recorded in a checkpoint, so that a resumed
     run continues the log exactly where its checkpoint was taken (no duplicate or torn lines)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False, truncate_to: int = 0):
+    def __init__(self, run_dir: Path, tensorboard: bool = False, truncate_to: int | None = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
-        if self.path.exists():
+        if self.path.exists() and truncate_to is not None:  # None: append to the file as it is
             with open(self.path, "r+b") as f:
                 f.truncate(truncate_to)
         self._f = open(self.path, "ab")

@@ -39,7 +39,7 @@ from warmstart.functional import (
     masked_mean,
     token_logprobs,
 )
-from warmstart.learn.optim import Schedule, lr_at, make_adamw, set_lr
+from warmstart.learn.optim import Schedule, guarded_step, lr_at, make_adamw, set_lr
 from warmstart.registry import PHASES
 from warmstart.rollout import Sampling, rollout
 
@@ -140,6 +140,8 @@ def grpo_update(policy, optimizer, batch: TokenBatch, advantages: torch.Tensor, 
     first when ``cfg.drop_uniform_groups``. Each minibatch runs as length-bucketed micro-batches whose
     losses are normalised by whole-minibatch counts, so the gradient equals the unsplit one.
     Returns the named metrics, averaged over optimizer steps (``loss*``) or over tokens (the rest).
+    A minibatch whose loss or gradient is non-finite is skipped (see :func:`guarded_step`) and
+    counted in ``skipped_updates``.
     """
     keep = group_has_signal(batch.rewards, batch.groups) if cfg.drop_uniform_groups else torch.ones(len(batch.rewards), dtype=torch.bool)
     metrics: dict[str, float] = {"groups_with_signal": float(group_has_signal(batch.rewards, batch.groups).float().mean())}
@@ -147,7 +149,8 @@ def grpo_update(policy, optimizer, batch: TokenBatch, advantages: torch.Tensor, 
     model = policy.model
     t_train = time.time()
     agg: dict[str, float] = {}
-    n_updates = 0
+    mb_terms: dict[str, float] = {}
+    n_updates = n_skipped = 0
     if len(idx_all) > 0:
         model.train()
         mb = cfg.minibatch_size or len(idx_all)
@@ -172,15 +175,21 @@ def grpo_update(policy, optimizer, batch: TokenBatch, advantages: torch.Tensor, 
                     share = float(sub.action_mask.sum()) / n_tok  # token share, for the debug means
                     for k, v in terms.items():
                         v = float(v.detach())
-                        agg[k] = agg.get(k, 0.0) + (v if k.startswith("loss") else v * share)
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
+                        mb_terms[k] = mb_terms.get(k, 0.0) + (v if k.startswith("loss") else v * share)
+                gnorm, skipped = guarded_step(optimizer, model.parameters(), cfg.max_grad_norm, mb_terms.get("loss"))
+                if skipped:  # a non-finite minibatch is left out of the means too
+                    n_skipped += 1
+                    mb_terms.clear()
+                    continue
                 n_updates += 1
-                agg["grad_norm"] = agg.get("grad_norm", 0.0) + float(gnorm)
+                mb_terms["grad_norm"] = gnorm
+                for k, v in mb_terms.items():
+                    agg[k] = agg.get(k, 0.0) + v
+                mb_terms.clear()
     for k, v in agg.items():
         metrics[k] = v / max(n_updates, 1)
     trained_tokens = int(batch.attention_mask[idx_all].sum()) * cfg.mu if len(idx_all) else 0
-    metrics.update({"updates": n_updates, "trained_tokens": trained_tokens,
+    metrics.update({"updates": n_updates, "skipped_updates": n_skipped, "trained_tokens": trained_tokens,
                     "train_tokens_per_s": trained_tokens / max(time.time() - t_train, 1e-9)})
     return metrics
 

@@ -42,6 +42,22 @@ def make_adamw(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, foreach=True)
 
 
+def guarded_step(optimizer: torch.optim.Optimizer, params, max_grad_norm: float, loss: float | None = None) -> tuple[float, bool]:
+    """Clip the gradient and take one optimizer step -- unless the loss or the gradient norm is
+    non-finite, in which case the gradients are zeroed and the step is skipped (a NaN step would
+    poison the weights and the optimizer's moments for good). Returns ``(grad_norm, skipped)``;
+    learners count the skips as ``skipped_updates`` and the engine stops a run that keeps skipping."""
+    params = list(params)
+    gnorm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    if math.isfinite(gnorm) and (loss is None or math.isfinite(loss)):
+        optimizer.step()
+        return gnorm, False
+    for p in params:  # in place: PPO's flat gradient buffers must stay linked
+        if p.grad is not None:
+            p.grad.zero_()
+    return gnorm, True
+
+
 class OptimizerPhase(PhaseBase):
     """A phase whose whole resumable state is ``self.opt`` (the schedule is a function of the step,
     and batches come from the step's seeded generator)."""

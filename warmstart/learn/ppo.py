@@ -38,6 +38,7 @@ from warmstart.contracts import ActorCriticPolicy, EnvTask, PhaseBase
 from warmstart.episode import Transitions
 from warmstart.errors import ConfigError
 from warmstart.functional import approx_kl, clip_fraction, clipped_surrogate, explained_variance, gae, normalize, value_loss
+from warmstart.learn.optim import guarded_step
 from warmstart.policies.mlp import RunningMeanStd
 from warmstart.registry import PHASES
 
@@ -220,6 +221,7 @@ def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.T
     params = [p for g in optimizer.param_groups for p in g["params"]]
     clip = cfg.clip_coef if cfg.clip_vloss else None
     seen_idx, seen_logp, terms = [], [], []  # for the debug metrics, computed once at the end
+    skipped = 0  # minibatches whose loss or gradient was non-finite (no step taken)
     for _epoch in range(cfg.update_epochs):
         # one minibatch: the order does not matter, so skip the shuffle and the copies
         perm = torch.randperm(B) if mb_size < B else torch.arange(B)
@@ -237,13 +239,16 @@ def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.T
                 loss = loss + cfg.vf_coef * vp_loss
             optimizer.zero_grad(set_to_none=False)  # in place: the flat gradient buffers stay linked
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
+            if guarded_step(optimizer, params, cfg.max_grad_norm, float(loss.detach()))[1]:
+                skipped += 1
+                continue
             seen_idx.append(mb)
             seen_logp.append(logp.detach())
             terms.append([pg.detach(), v_loss.detach(), ent.detach()] + ([vp_loss.detach()] if dual else []))
         if cfg.target_kl is not None and float(approx_kl(logp.detach(), b_logp[mb]).mean()) > cfg.target_kl:
             break
+    if not seen_logp:  # every minibatch was non-finite: nothing to report but the skips
+        return {"updates": 0, "skipped_updates": skipped, "loss_policy": float("nan"), "loss_value": float("nan")}
     with torch.no_grad():
         new_logp = torch.stack(seen_logp)  # (updates, mb)
         old_logp = b_logp[torch.stack(seen_idx)]
@@ -257,6 +262,7 @@ def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.T
     out["approx_kl"] = float(kl[-1])  # of the last minibatch, as CleanRL logs it
     out["clipfrac"] = float(clipfrac)
     out["explained_variance"] = explained_variance(roll.values.reshape(B), b_ret)
+    out["updates"], out["skipped_updates"] = len(seen_logp), skipped
     return out
 
 

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from warmstart.config import PhaseConfig
 from warmstart.contracts import PhaseBase, SingleTurnTask, TokenPolicy
-from warmstart.learn.optim import make_adamw
+from warmstart.learn.optim import guarded_step, make_adamw
 from warmstart.registry import PHASES
 from warmstart.rewards.models import RewardModel
 from warmstart.search.base import Expander, Partial
@@ -171,10 +171,9 @@ class RewardModelPhase(PhaseBase):
         loss = F.binary_cross_entropy_with_logits(logits, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.rm.parameters(), cfg.max_grad_norm)
-        self.opt.step()
+        gnorm, skipped = guarded_step(self.opt, self.rm.parameters(), cfg.max_grad_norm, loss.item())
         ntok = int(att.sum())
-        out.update({"loss": loss.item(), "grad_norm": float(gnorm),
+        out.update({"loss": loss.item(), "grad_norm": gnorm, "skipped_updates": int(skipped),
                     "train_acc": float(((logits.detach() > 0).float() == (y > 0.5).float()).float().mean()),
                     "tokens_per_s": ntok / max(time.time() - t0, 1e-9)})
         if step + 1 == cfg.steps and n_hold:

@@ -8,6 +8,7 @@ import time
 import torch
 
 from warmstart.episode import Episode, collate, length_buckets
+from warmstart.learn.optim import guarded_step
 
 
 def demo_episodes(policy, pairs: list[tuple[str, str]]) -> list[Episode]:
@@ -25,7 +26,8 @@ def sft_update(policy, opt, episodes: list[Episode], max_grad_norm: float = 1.0,
     """One optimizer step of next-token cross-entropy on the policy tokens of ``episodes`` (prompt
     and environment tokens are context only). Used by every learner that imitates episodes: SFT,
     expert iteration, STaR / Pair-SFT. The batch runs as length-bucketed micro-batches whose losses
-    are normalised by the whole batch's token count, so the gradient equals the unsplit one."""
+    are normalised by the whole batch's token count, so the gradient equals the unsplit one. A
+    non-finite loss or gradient skips the step (``skipped_updates``: 1)."""
     t0 = time.time()
     policy.model.train()
     opt.zero_grad(set_to_none=True)
@@ -39,7 +41,7 @@ def sft_update(policy, opt, episodes: list[Episode], max_grad_norm: float = 1.0,
         loss.backward()
         total += loss.item()
         ntok += int(batch.attention_mask.sum())
-    gnorm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), max_grad_norm)
-    opt.step()
+    gnorm, skipped = guarded_step(opt, policy.model.parameters(), max_grad_norm, total)
     dt = time.time() - t0
-    return {"loss": total, "grad_norm": float(gnorm), "tokens": ntok, "tokens_per_s": ntok / max(dt, 1e-9)}
+    return {"loss": total, "grad_norm": gnorm, "tokens": ntok, "tokens_per_s": ntok / max(dt, 1e-9),
+            "updates": 0 if skipped else 1, "skipped_updates": int(skipped)}

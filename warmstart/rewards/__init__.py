@@ -13,7 +13,7 @@ it on that turn's tokens; ``episode.rewards[name]`` keeps the sum over turns for
 :class:`RewardSet` applies every term to every episode and writes
 ``episode.reward`` = the weighted sum of the whole-episode terms (also kept in
 ``info["episode_reward"]``) + every turn's reward terms (the task's and the per-turn ones).
-A term that raises, returns a non-number, a non-finite number or a list of the wrong length is
+A term that raises, runs over its time limit (``guard.callback_timeout_s``), returns a non-number, a non-finite number or a list of the wrong length is
 reported once (with the sample that broke it) and scores ``None`` for that episode; the run goes on,
 and the total counts it as 0.
 """
@@ -24,7 +24,7 @@ import math
 from typing import Callable, Iterable
 
 from warmstart.episode import Episode
-from warmstart.errors import warn
+from warmstart.errors import CallbackTimeout, time_limit, warn
 
 RewardFn = Callable[[Episode], "float | list[float] | None"]
 
@@ -55,10 +55,11 @@ def _check_value(v, e: Episode):
 class RewardSet:
     """Named, weighted reward terms applied together."""
 
-    def __init__(self, fns: list[RewardFn], names: list[str], weights: list[float]):
+    def __init__(self, fns: list[RewardFn], names: list[str], weights: list[float], timeout_s: float = 0.0):
         if not (len(fns) == len(names) == len(weights)):
             raise ValueError("RewardSet needs one name and one weight per reward function")
         self.fns, self.names, self.weights = fns, names, weights
+        self.timeout_s = timeout_s  # per call of a term (seconds; 0: none); see warmstart.errors.time_limit
         self._reported: set[str] = set()
         self.failures: dict[str, int] = {}
 
@@ -77,19 +78,28 @@ class RewardSet:
     def _values(self, fn, name: str, eps: list[Episode]) -> list:
         if getattr(fn, "batched", False):
             try:
-                raw = list(fn(eps))
+                with time_limit(self.timeout_s, f"reward '{name}'"):
+                    raw = list(fn(eps))
                 if len(raw) != len(eps):
                     raise ValueError(f"a batched reward returned {len(raw)} values for {len(eps)} episodes")
-            except Exception as exc:  # a user's reward function failing must not kill the run
+            except Exception as exc:  # (a time-out too) a user's reward function failing must not kill the run
                 for e in eps:
                     self._fail(name, e, exc)
                 return [None] * len(eps)
         else:
             raw = []
+            timed_out = None
             for e in eps:
+                if timed_out is not None:  # one time-out per batch is waited for, not one per episode
+                    self._fail(name, e, timed_out)
+                    raw.append(None)
+                    continue
                 try:
-                    raw.append(fn(e))
+                    with time_limit(self.timeout_s, f"reward '{name}'"):
+                        raw.append(fn(e))
                 except Exception as exc:
+                    if isinstance(exc, CallbackTimeout):
+                        timed_out = exc
                     self._fail(name, e, exc)
                     raw.append(None)
         out = []

@@ -65,6 +65,13 @@ class ChainArithmetic(ReasoningTask):
             from warmstart.errors import ConfigError
 
             raise ConfigError(f"task.ops: unsupported operators {''.join(sorted(bad))!r}; use a subset of '+-*'.")
+        distinct = 10 ** cfg.n_terms * len(set(cfg.ops)) ** (cfg.n_terms - 1)
+        if cfg.n_test >= distinct:  # the sampling loops below would never finish
+            from warmstart.errors import ConfigError
+
+            raise ConfigError(f"task.n_test {cfg.n_test}: chain arithmetic with n_terms {cfg.n_terms} and ops "
+                              f"{''.join(sorted(set(cfg.ops)))!r} has only {distinct} distinct problems, and some must "
+                              f"be left for training. Ask for at most {distinct - 1} (--set n_test=...), or use more terms.")
         self.cfg = cfg
         self.split = split
         # worked completions are ~6 chars a step; leave room for the marker and answer
