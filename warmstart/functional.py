@@ -247,6 +247,19 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0,
+                         with_entropy: bool = False):
+    """What every LM policy's ``forward_logprobs`` returns, from its full-sequence ``logits`` (B, T, V):
+    the log-probs (B, T-1) of ``input_ids[:, 1:]`` and, when asked, the entropy per position (no grad)."""
+    logits = logits[:, :-1]  # (B, T-1, V): position t scores token t+1
+    lp = token_logprobs(logits, input_ids[:, 1:], temperature)
+    if not with_entropy:
+        return lp
+    with torch.no_grad():
+        ent = entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
+    return lp, ent
+
+
 # ------------------------------------------------------------------------------------ Shapley values
 # Shapley values of facts, and ProMed's Shapley information gain (SIG), as pure math.
 #

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from warmstart.config import PluginConfig
 from warmstart.errors import WarmstartError
-from warmstart.functional import entropy_from_logits, token_logprobs
+from warmstart.functional import logprobs_from_logits
 from warmstart.policies import POLICY_FILE
 from warmstart.policies.sampler import LlamaKVSampler, Samples, hf_sample, supports_kv_sampler
 from warmstart.registry import POLICIES
@@ -127,13 +127,8 @@ class LMPolicy:
     # -------------------------------------------------------------------------------------- learning
     def forward_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False):
         """Log-probs (B, T-1) of ``input_ids[:, 1:]`` (and the entropy per position when asked)."""
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # (B, T-1, V)
-        lp = token_logprobs(logits, input_ids[:, 1:], temperature)
-        if with_entropy:
-            with torch.no_grad():
-                ent = entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
-            return lp, ent
-        return lp
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+        return logprobs_from_logits(logits, input_ids, temperature, with_entropy)
 
     # ------------------------------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:

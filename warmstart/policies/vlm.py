@@ -33,7 +33,7 @@ from pydantic import Field
 
 from warmstart.config import PluginConfig
 from warmstart.errors import DataError, WarmstartError
-from warmstart.functional import entropy_from_logits, token_logprobs
+from warmstart.functional import logprobs_from_logits
 from warmstart.policies import POLICY_FILE
 from warmstart.policies.lm import LMPolicy
 from warmstart.policies.sampler import LlamaKVSampler, Samples, cut_at_stops, left_pad
@@ -478,13 +478,7 @@ class VLMPolicy:
                          images: Sequence[Sequence[Any]] | None = None):
         """Log-probs (B, T-1) of ``input_ids[:, 1:]`` given the images (and the entropy per position
         when asked), as the text policy's."""
-        logits = self.logits(input_ids, attention_mask, images)[:, :-1]  # (B, T-1, V)
-        lp = token_logprobs(logits, input_ids[:, 1:], temperature)
-        if with_entropy:
-            with torch.no_grad():
-                ent = entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
-            return lp, ent
-        return lp
+        return logprobs_from_logits(self.logits(input_ids, attention_mask, images), input_ids, temperature, with_entropy)
 
     # --------------------------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:
