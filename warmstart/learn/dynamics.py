@@ -14,6 +14,7 @@ higher scores higher. The rollout horizon is not fixed by the paper text; ``hori
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from warmstart.policies.ensemble import EnsembleMLP
+from warmstart.learn.optim import guarded_step
 
 
 @dataclass
@@ -126,15 +128,16 @@ def fit_dynamics(
         model.target_std.copy_(target[train].std(0).clamp(min=1e-6))
     opt = optimizer or dynamics_optimizer(model)
     loss = torch.tensor(0.0)
+    skipped = 0
     for _ in range(steps):
         idx = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
         loss = model.loss(obs[idx], act[idx], target[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        skipped += guarded_step(opt, model.parameters(), math.inf, loss.item())[1]
     mse = model.member_mse(obs[hold], act[hold], target[hold])
     model.elite_idx.copy_(mse.argsort()[: cfg.elites])
-    return {"loss_dynamics": loss.item(), "holdout_mse": float(mse[model.elite_idx].mean())}
+    return {"loss_dynamics": loss.item(), "holdout_mse": float(mse[model.elite_idx].mean()), "skipped_updates": skipped}
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ All networks take *normalised* observations (the learner's job).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from warmstart.functional import discounted_returns, value_loss
+from warmstart.learn.optim import guarded_step
 from warmstart.policies.ensemble import EnsembleMLP
 
 
@@ -97,18 +99,19 @@ class IQLCritics(torch.nn.Module):
         v_loss = expectile_loss(q_t - v, cfg.expectile).mean()
         self.v_opt.zero_grad(set_to_none=True)
         v_loss.backward()
-        self.v_opt.step()
+        skipped = guarded_step(self.v_opt, self.v.parameters(), math.inf, v_loss.item())[1]
         with torch.no_grad():
             target = rew + cfg.gamma * (1.0 - done) * self.value(next_obs)  # (B,)
         q = self.q_values(obs, act)  # (2, B)
         q_loss = value_loss(q, target.expand_as(q)).mean(1).sum()  # each Q-net's 0.5 * MSE
         self.q_opt.zero_grad(set_to_none=True)
         q_loss.backward()
-        self.q_opt.step()
+        skipped += guarded_step(self.q_opt, self.q.parameters(), math.inf, q_loss.item())[1]
         with torch.no_grad():
             for p, pt in zip(self.q.parameters(), self.q_target.parameters()):
                 pt.lerp_(p, cfg.polyak)
-        return {"loss_v": v_loss.item(), "loss_q": q_loss.item(), "q_mean": q.detach().mean().item(), "v_mean": v.detach().mean().item()}
+        return {"loss_v": v_loss.item(), "loss_q": q_loss.item(), "q_mean": q.detach().mean().item(), "v_mean": v.detach().mean().item(),
+                "skipped_updates": int(skipped)}
 
 
 def mc_returns(rewards: np.ndarray, episode_index: np.ndarray, gamma: float) -> np.ndarray:
@@ -136,5 +139,5 @@ def fit_value(
         loss = value_loss(net(obs[idx]).squeeze(-1), returns[idx]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        guarded_step(opt, net.parameters(), math.inf, loss.item())
     return loss.item()

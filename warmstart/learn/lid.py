@@ -28,7 +28,7 @@ from pydantic import Field
 
 from warmstart.config import PhaseConfig
 from warmstart.contracts import GoalEnvTask, PhaseBase, SequencePolicy
-from warmstart.learn.optim import make_adamw
+from warmstart.learn.optim import guarded_step, make_adamw
 from warmstart.registry import PHASES
 from warmstart.policies.lid import LIDPolicy
 from warmstart.tasks.babyai import BabyAIEpisode, ObsWords, TaskSplit, relabel, rollout
@@ -56,9 +56,9 @@ def bc_update(policy: LIDPolicy, optimizer: torch.optim.Optimizer, samples: Sequ
     terms = bc_loss(policy, batch, actions)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
-    optimizer.step()
-    return {"loss": terms["loss"].item(), "accuracy": terms["accuracy"].item(), "grad_norm": float(grad_norm)}
+    grad_norm, skipped = guarded_step(optimizer, policy.parameters(), max_grad_norm, terms["loss"].item())
+    return {"loss": terms["loss"].item(), "accuracy": terms["accuracy"].item(), "grad_norm": grad_norm,
+            "skipped_updates": int(skipped)}
 
 
 def draw(samples: Sequence, batch_size: int, generator: torch.Generator) -> list:

@@ -28,6 +28,7 @@ online policy is frozen at, so offline and online see the same inputs.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ import torch
 from warmstart.functional import approx_kl, clip_fraction, clipped_surrogate, normalize
 from warmstart.learn.dynamics import DynamicsEnsemble, ope_score
 from warmstart.learn.iql import IQLCritics
+from warmstart.learn.optim import guarded_step
 from warmstart.policies.ensemble import GaussianEnsemble, clip_grad_norm_per_member
 from warmstart.tasks.offline import OfflineDataset
 
@@ -116,8 +118,8 @@ def bc_step(ensemble, optimizer, data: OfflineTensors, batch_size: int, alpha: f
     loss, m = ensemble_bc_loss(ensemble, obs, act, alpha)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
-    return {"loss_bc": loss.item(), **m}
+    skipped = guarded_step(optimizer, ensemble.parameters(), math.inf, loss.item())[1]
+    return {"loss_bc": loss.item(), **m, "skipped_updates": int(skipped)}
 
 
 # ---------------------------------------------------------------------------- offline multi-step PPO
@@ -221,7 +223,8 @@ class OfflinePPO:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_grad_norm_per_member(list(self.actor.parameters()), self.max_grad_norm)
-        self.optimizer.step()
+        # per-member clipping above; guarded_step only refuses a non-finite step (max norm inf)
+        skipped = guarded_step(self.optimizer, self.actor.parameters(), math.inf, loss.item())[1]
         self.updates += 1
         if self.gated and self.updates % self.ope_every == 0:
             scores = self.ope(self.actor)
@@ -232,6 +235,7 @@ class OfflinePPO:
             m["ope_current"] = float(scores.mean())
         m["ope_best"] = float(self.best.mean())
         m["accepted"] = int(self.accepted.sum())
+        m["skipped_updates"] = int(skipped)
         return m
 
     def result(self) -> GaussianEnsemble:
