@@ -103,3 +103,87 @@ def test_vector_lotsizing_unknown_kwarg_and_preset_are_clear_errors():
         gym.make(L.ENV_ID, holding_costs=1.0)
     with pytest.raises(ValueError, match="preset"):
         gym.make(L.ENV_ID, preset="huge")
+
+
+# ------------------------------------------------------------------- the numpy vector env (issue 17)
+
+
+def test_vector_lotsizing_vec_env_matches_single_envs_step_by_step():
+    p = _tiny(stochastic_demand=False, demand_n=10, demand_p=0.5, horizon=5)
+    venv = L.LotSizingVecEnv(3, params=p)
+    singles = [L.LotSizingEnv(params=p) for _ in range(3)]
+    obs = venv.reset(seed=0)
+    assert np.array_equal(obs, np.stack([e.reset(seed=0)[0] for e in singles]))
+    rng = np.random.default_rng(0)
+    for _ in range(12):  # crosses two episode ends (horizon 5)
+        acts = rng.integers(0, 3, size=(3, 2))
+        o, r, te, tr, info = venv.step(acts)
+        for i, e in enumerate(singles):
+            o1, r1, te1, tr1, inf1 = e.step(acts[i])
+            assert np.array_equal(info["post_decision_state"][i], inf1["post_decision_state"])
+            assert r[i] == r1 and info["cost"][i] == inf1["cost"] and tr[i] == tr1 and not te[i]
+            if tr1:
+                assert np.array_equal(info["final_obs"][i], o1)
+                o1, _ = e.reset()
+            assert np.array_equal(o[i], o1)
+
+
+def test_vector_lotsizing_vec_env_hand_computed_batch():
+    """Two envs, one where both machines make the same item (added machine by machine)."""
+    p = _tiny(stochastic_demand=False, demand_n=10, demand_p=0.5)  # demand 5 per item
+    venv = L.LotSizingVecEnv(2, params=p)
+    venv.reset(seed=0)
+    o, r, _, _, info = venv.step(np.array([[1, 1], [0, 2]]))
+    # env 0: m0 -> item 0 (setup 5, 10 - 1 = 9), m1 -> item 0 (setup 3, 4 - 1 = 3): 12 (cap 12);
+    # sells 5, keeps 7 (holding 7); item 1: 5 lost (100). Cost 5 + 3 + 100 + 7 = 115.
+    # env 1: m0 idle, m1 -> item 1 (setup 2, 8 - 9 -> 0); 5 + 5 lost (50 + 100) + 2 = 152.
+    assert info["post_decision_state"].tolist() == [[12.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 2.0]]
+    assert o.tolist() == [[7.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 2.0]]
+    assert r.tolist() == [-115.0, -152.0] and info["cost"].tolist() == [115.0, 152.0]
+
+
+def test_vector_lotsizing_vec_env_autoreset_contract_and_pickle():
+    import pickle
+
+    venv = L.LotSizingVecEnv(4, preset="paper-5x2", horizon=3, info_keys=("post_decision_state",))
+    venv.reset(seed=1)
+    total = np.zeros(4)
+    for t in range(3):
+        o, r, te, tr, info = venv.step(np.ones((4, 2), dtype=np.int64))
+        total += r
+        if t < 2:
+            assert not tr.any() and info["episode_return"] is None
+    assert tr.all()
+    assert np.allclose(info["episode_return"], total) and np.all(info["episode_length"] == 3)
+    assert not np.array_equal(info["final_obs"], o)  # o is the next episode's (random) first state
+    clone = pickle.loads(pickle.dumps(venv))
+    a = np.random.default_rng(0).integers(0, 6, size=(4, 2))
+    assert all(np.array_equal(x, y) for x, y in zip(venv.step(a)[:4], clone.step(a)[:4]))
+
+
+def test_vector_lotsizing_paper_presets_have_the_paper_parameters():
+    for name, (n_items, n_machines) in {"paper-15x5": (15, 5), "paper-5x2": (5, 2)}.items():
+        p = L.PRESETS[name]
+        assert (p.n_items, p.n_machines, p.demand_n, p.demand_p, p.horizon) == (n_items, n_machines, 20, 0.4, 100)
+        assert np.all(p.holding_cost == 0.01) and np.all(p.lost_sales_cost == 0.2) and np.all(p.max_inventory == 100)
+        assert np.all(p.setup_loss == 1) and np.all((p.setup_cost >= 1) & (p.setup_cost <= 2))
+        assert np.all((p.production == 0) | ((p.production >= 1) & (p.production <= 40)))
+        assert p.random_reset
+    prod = L.paper_params(40, 40, seed=0).production  # 1,600 pairs: about 40% cannot produce
+    assert 0.35 < np.mean(prod == 0) < 0.45
+    env = L.LotSizingEnv(preset="paper-15x5")
+    starts = np.stack([env.reset(seed=s)[0] for s in range(50)])
+    assert len(np.unique(starts, axis=0)) == 50  # random initial inventory and setups
+    assert starts[:, :15].min() >= 0 and starts[:, :15].max() <= 100 and starts[:, 15:].min() >= 1
+    assert np.array_equal(env.reset(seed=3)[0], env.reset(seed=3)[0])
+
+
+def test_vector_gym_task_builds_the_numpy_vector_env():
+    from warmstart.tasks.gym import GymTask, GymTaskConfig, VecEnv
+
+    cfg = dict(kind="gym", env_id=L.ENV_ID, env_kwargs={"preset": "paper-5x2"})
+    venv, obs = GymTask(GymTaskConfig(**cfg)).make_envs(3, seed=0, info_keys=("post_decision_state",))
+    assert isinstance(venv, L.LotSizingVecEnv) and obs.shape == (3, 7) and venv.params.n_items == 5
+    # a time-limit override only the per-env wrapper applies; CartPole's own vector env has another contract
+    assert isinstance(GymTask(GymTaskConfig(**cfg, max_episode_steps=50)).make_envs(2, seed=0)[0], VecEnv)
+    assert isinstance(GymTask(GymTaskConfig(kind="gym", env_id="CartPole-v1")).make_envs(2, seed=0)[0], VecEnv)

@@ -134,3 +134,82 @@ def test_vector_resume_is_exact(name, tmp_path, monkeypatch):
     straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
     assert len(straight) == len(resumed) == 6  # 5 steps + the final eval
     assert straight == resumed
+
+
+# ------------------------------------------------- the PDPPO paper's targets (issue 17), hand-computed
+
+
+def _roll(rewards, ended, values, **extra):
+    from warmstart.episode import Transitions
+
+    r = torch.tensor(rewards, dtype=torch.float32)
+    zeros = torch.zeros_like(r)
+    return Transitions(obs=torch.zeros((*r.shape, 2)), actions=torch.zeros(r.shape, dtype=torch.long),
+                       logprobs=zeros, rewards=r, terminated=zeros, truncated=torch.tensor(ended, dtype=torch.float32),
+                       values=torch.tensor(values, dtype=torch.float32), last_obs=torch.zeros(r.shape[1], 2),
+                       extra=dict(extra))
+
+
+def test_vector_ppo_mc_targets_hand_computed():
+    from warmstart.learn.ppo import advantages
+
+    # one env, 4 steps, the episode ends after step 3 (t = 2); gamma 0.5, no bootstrap anywhere:
+    # G = [1 + .5*2 + .25*3, 2 + .5*3, 3, 4] = [2.75, 3.5, 3, 4]; mean 3.3125,
+    # unbiased std sqrt(((-.5625)^2 + .1875^2 + (-.3125)^2 + .6875^2) / 3) = sqrt(0.921875 / 3) = 0.554339
+    cfg = PPOConfig(kind="ppo", targets="mc", gamma=0.5)
+    roll = _roll([[1.0], [2.0], [3.0], [4.0]], [[0.0], [0.0], [1.0], [0.0]], [[0.5], [-0.5], [0.0], [1.0]],
+                 next_values=torch.full((4, 1), 99.0))  # ignored: Monte-Carlo, no bootstrap
+    adv, ret = advantages(roll, cfg)
+    want = (torch.tensor([2.75, 3.5, 3.0, 4.0]) - 3.3125) / 0.554339
+    assert torch.allclose(ret[:, 0], want, atol=1e-4)
+    assert torch.allclose(adv[:, 0], want - torch.tensor([0.5, -0.5, 0.0, 1.0]), atol=1e-4)
+
+
+def test_vector_pdppo_combined_value_loss_trains_only_the_min_critic():
+    """critic_target: combined -- loss 0.5 (min(V, V_post) - G)^2; the critic that is not the min
+    gets no gradient (so Adam leaves it unchanged), and the logged loss is that number."""
+    from warmstart.learn.ppo import update
+
+    pol = _policy(gym.spaces.MultiDiscrete([3, 3]), post_critic=True)
+    with torch.no_grad():
+        pol.post_critic[-1].bias.fill_(10.0)  # V_post >> V: the min is V(s) on every sample
+    x, px = torch.randn(2, 3, 5), torch.randn(2, 3, 5)  # (T, N, obs)
+    with torch.no_grad():
+        a, logp = pol.sample(x.reshape(6, 5))
+        v, vp = pol.value(x.reshape(6, 5)), pol.post_value(px.reshape(6, 5))
+    ret = torch.randn(2, 3)
+    b = torch.minimum(v, vp).reshape(2, 3)
+    from warmstart.episode import Transitions
+
+    roll = Transitions(obs=x, actions=a.reshape(2, 3, 2), logprobs=logp.reshape(2, 3), rewards=torch.zeros(2, 3),
+                       terminated=torch.zeros(2, 3), truncated=torch.zeros(2, 3), values=b, last_obs=x[-1],
+                       extra={"post_obs": px, "post_values": vp.reshape(2, 3), "state_values": v.reshape(2, 3)})
+    cfg = PPOConfig(kind="ppo", critic="dual", critic_target="combined", targets="mc", num_minibatches=1,
+                    update_epochs=1, clip_vloss=False, norm_adv=False)
+    before = {k: t.clone() for k, t in pol.state_dict().items()}
+    opt = torch.optim.Adam(pol.parameters(), lr=1e-2)
+    out = update(pol, opt, roll, ret - b, ret, cfg)
+    assert out["loss_value"] == pytest.approx(float(0.5 * ((v.reshape(2, 3) - ret) ** 2).mean()), rel=1e-5)
+    assert "loss_value_post" not in out
+    after = pol.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("post_critic."))
+    assert not torch.equal(before["critic.0.weight"], after["critic.0.weight"])
+
+
+def test_vector_ppo_keep_best_restores_the_best_rollouts_weights():
+    task = GymTask(GymTaskConfig(kind="gym", env_id="warmstart/LotSizing-v0", env_kwargs={"preset": "paper-5x2"}))
+    torch.manual_seed(0)
+    pol = MLPPolicy.from_spaces(task.observation_space, task.action_space, MLPPolicyConfig(kind="mlp", hidden=[16]))
+    cfg = PPOConfig(kind="ppo", steps=4, num_envs=2, num_steps=100, return_window=2, keep_best=True,
+                    targets="mc", weight_decay=1e-3, lr=3e-3)
+    phase = PPOPhase(cfg, SimpleNamespace(policy=pol, task=task, seed=0))
+    assert [g["weight_decay"] for g in phase.optimizer.param_groups] == [1e-3, 1e-3]
+    rets, states = [], []
+    for step in range(4):  # each rollout holds exactly the 2 episodes of its 2 envs
+        states.append({k: v.clone() for k, v in pol.state_dict().items()})
+        m = phase.step(step, step)
+        rets.append(m["episodic_return"])
+        assert m["best_return"] == max(rets)
+    phase.on_end()
+    best = states[int(np.argmax(rets))]
+    assert all(torch.equal(best[k], v) for k, v in pol.state_dict().items())

@@ -20,6 +20,13 @@ critic V_post on the post-decision state s^x_t that the env reports in
 bootstrap after the last step, or after a truncation, uses V(s) alone since no action -- hence no
 post-decision state -- exists there yet), so ``A_t = G^lambda_t - b_t``, and *both* critics regress
 on the same lambda-return ``G^lambda_t = A_t + b_t``, each with its own clipped value loss.
+
+**The paper's targets** are options beside these defaults (``recipes/*-lotsizing-paper.yaml``):
+``targets: mc`` (Monte-Carlo discounted returns of the rollout normalised over the batch, no GAE,
+``A = G - b``), ``critic_target: combined`` (one value loss on ``b = min(V, V_post)``),
+``weight_decay`` (Adam's) and ``keep_best`` (the weights of the best training rollout are the
+phase's result); with ``num_minibatches: 1, update_epochs: 60`` and no annealing, normalisation or
+value clipping this is the update of the authors' code.
 """
 
 from __future__ import annotations
@@ -37,7 +44,16 @@ from warmstart.config import PhaseConfig
 from warmstart.contracts import ActorCriticPolicy, EnvTask, PhaseBase
 from warmstart.episode import Transitions
 from warmstart.errors import ConfigError
-from warmstart.functional import approx_kl, clip_fraction, clipped_surrogate, explained_variance, gae, normalize, value_loss
+from warmstart.functional import (
+    approx_kl,
+    clip_fraction,
+    clipped_surrogate,
+    discounted_returns,
+    explained_variance,
+    gae,
+    normalize,
+    value_loss,
+)
 from warmstart.learn.optim import guarded_step
 from warmstart.policies.mlp import RunningMeanStd
 from warmstart.registry import PHASES
@@ -82,6 +98,25 @@ class PPOConfig(PhaseConfig):
         "single", description="'dual': PDPPO's second critic on post-decision states (needs post_critic: true in the policy)"
     )
     combine: Literal["min", "mean"] = Field("min", description="how the dual critics combine into the baseline (PDPPO: min)")
+    targets: Literal["gae", "mc"] = Field(
+        "gae",
+        description="'gae': GAE(lambda) advantages and lambda-returns; 'mc' (the PDPPO paper's): Monte-Carlo "
+        "discounted returns G of the rollout, cut at episode ends and at the rollout's end (no bootstrap; "
+        "make num_steps a multiple of the episode length), normalised to zero mean and unit std over the "
+        "batch; A = G - baseline (the rollout's V(s), or the combined dual value)",
+    )
+    critic_target: Literal["each", "combined"] = Field(
+        "each",
+        description="dual critics: 'each' regresses V and V_post on the return separately; 'combined' "
+        "regresses the combined value (min(V, V_post)), so only the critic giving the min learns on a "
+        "sample (the PDPPO paper's value loss)",
+    )
+    weight_decay: float = Field(0.0, ge=0, description="Adam's L2 weight decay on all networks (PDPPO paper: 1e-3)")
+    keep_best: bool = Field(
+        False,
+        description="at the end of the phase, restore the weights whose rollout had the best mean episode "
+        "return (the PDPPO paper tests its best checkpoint); evaluation then tests those weights",
+    )
     env_seed: int | None = Field(None, description="seed of the training envs (default: the recipe seed)")
     return_window: int = Field(20, ge=1, description="episodic_return is the mean over the last N finished episodes")
 
@@ -123,9 +158,10 @@ class RewardScaler:
 
 
 @torch.no_grad()
-def collect(policy, envs, next_obs: torch.Tensor, cfg: PPOConfig, scaler: RewardScaler | None, finished: deque):
+def collect(policy, envs, next_obs: torch.Tensor, cfg: PPOConfig, scaler: RewardScaler | None, finished):
     """Run ``cfg.num_steps`` steps of every env. Returns the rollout as :class:`Transitions` (obs
-    stored as the network saw them, i.e. normalised) and the raw observation to continue from.
+    stored as the network saw them, i.e. normalised) and the raw observation to continue from; the
+    returns of the episodes that end are appended to ``finished`` (a list or deque).
 
     ``extra`` holds ``next_values`` (T, N): the value of the state reached after each step (for a
     truncation: of the final observation), and for the dual critic ``post_obs`` / ``post_values``.
@@ -195,8 +231,12 @@ def _combine(v: torch.Tensor, v_post: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def advantages(roll: Transitions, cfg: PPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE over the rollout; returns (advantages, returns), each (T, N)."""
-    ended = torch.clamp(roll.terminated + roll.truncated, max=1.0)
+    """GAE over the rollout (``targets: gae``) or the paper's normalised Monte-Carlo returns
+    (``targets: mc``); returns (advantages, returns), each (T, N)."""
+    ended = torch.clamp(roll.terminated + roll.truncated, max=1.0)  # (T, N)
+    if cfg.targets == "mc":
+        ret = normalize(discounted_returns(roll.rewards, ended, cfg.gamma))  # (T, N), over the whole batch
+        return ret - roll.values, ret
     return gae(
         roll.rewards, roll.values, roll.extra["next_values"],
         next_nonterminal=1.0 - roll.terminated, episode_continues=1.0 - ended,
@@ -210,11 +250,12 @@ def advantages(roll: Transitions, cfg: PPOConfig) -> tuple[torch.Tensor, torch.T
 def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.Tensor, cfg: PPOConfig) -> dict:
     """``update_epochs`` passes of clipped-PPO minibatch updates; returns the debug metrics."""
     dual = cfg.critic == "dual"
+    combined = dual and cfg.critic_target == "combined"  # one loss on min(V, V_post), as the paper
     B = roll.rewards.numel()
     b_obs = roll.obs.reshape(B, -1)
     b_act = roll.actions.reshape(B, *roll.actions.shape[2:])
     b_logp, b_adv, b_ret = roll.logprobs.reshape(B), adv.reshape(B), ret.reshape(B)
-    b_val = (roll.extra["state_values"] if dual else roll.values).reshape(B)
+    b_val = (roll.extra["state_values"] if dual and not combined else roll.values).reshape(B)
     if dual:
         b_post, b_pval = roll.extra["post_obs"].reshape(B, -1), roll.extra["post_values"].reshape(B)
     mb_size = max(1, B // cfg.num_minibatches)
@@ -231,10 +272,13 @@ def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.T
             logp, ent = policy.evaluate_actions(x, b_act[mb], entropy_grad=cfg.ent_coef > 0)
             mb_adv = normalize(b_adv[mb]) if cfg.norm_adv and mb_size > 1 else b_adv[mb]
             pg = clipped_surrogate(logp, b_logp[mb], mb_adv, cfg.clip_coef)[0].mean()
-            v_loss = value_loss(policy.value(x), b_ret[mb], b_val[mb], clip).mean()
+            v = policy.value(x)  # (mb,)
+            if combined:
+                v = _combine(v, policy.post_value(b_post[mb]), cfg.combine)
+            v_loss = value_loss(v, b_ret[mb], b_val[mb], clip).mean()
             ent = ent.mean()
             loss = pg - cfg.ent_coef * ent + cfg.vf_coef * v_loss
-            if dual:
+            if dual and not combined:
                 vp_loss = value_loss(policy.post_value(b_post[mb]), b_ret[mb], b_pval[mb], clip).mean()
                 loss = loss + cfg.vf_coef * vp_loss
             optimizer.zero_grad(set_to_none=False)  # in place: the flat gradient buffers stay linked
@@ -244,7 +288,7 @@ def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.T
                 continue
             seen_idx.append(mb)
             seen_logp.append(logp.detach())
-            terms.append([pg.detach(), v_loss.detach(), ent.detach()] + ([vp_loss.detach()] if dual else []))
+            terms.append([pg.detach(), v_loss.detach(), ent.detach()] + ([vp_loss.detach()] if dual and not combined else []))
         if cfg.target_kl is not None and float(approx_kl(logp.detach(), b_logp[mb]).mean()) > cfg.target_kl:
             break
     if not seen_logp:  # every minibatch was non-finite: nothing to report but the skips
@@ -257,7 +301,7 @@ def update(policy, optimizer, roll: Transitions, adv: torch.Tensor, ret: torch.T
         clipfrac = clip_fraction((new_logp - old_logp).exp(), cfg.clip_coef).mean()
         t = torch.tensor([[float(v) for v in row] for row in terms]).mean(0)
     out = {"loss_policy": float(t[0]), "loss_value": float(t[1]), "entropy": float(t[2])}
-    if dual:
+    if dual and not combined:
         out["loss_value_post"] = float(t[3])
     out["approx_kl"] = float(kl[-1])  # of the last minibatch, as CleanRL logs it
     out["clipfrac"] = float(clipfrac)
@@ -317,10 +361,12 @@ class PPOPhase(PhaseBase):
             [{"params": [self._flat[0]], "lr": cfg.lr, "base_lr": cfg.lr},
              {"params": [self._flat[1]], "lr": cfg.critic_lr or cfg.lr, "base_lr": cfg.critic_lr or cfg.lr}],
             eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
             fused=True,
         )
         self.scaler = RewardScaler(cfg.num_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
         self.finished: deque = deque(maxlen=cfg.return_window)
+        self.best_return, self.best_state = -float("inf"), None  # keep_best
 
     key_metrics = ("episodic_return", "approx_kl", "explained_variance", "sps")
 
@@ -336,7 +382,13 @@ class PPOPhase(PhaseBase):
                 g["lr"] = frac * g["base_lr"]
         for params, flat in zip(self._groups, self._flat):
             link_flat(params, flat)  # cheap; repairs the views if anyone replaced a .grad meanwhile
-        roll, self.next_obs = collect(self.policy, self.envs, self.next_obs, cfg, self.scaler, self.finished)
+        new: list[float] = []  # returns of the episodes that end in this rollout
+        roll, self.next_obs = collect(self.policy, self.envs, self.next_obs, cfg, self.scaler, new)
+        self.finished.extend(new)
+        if cfg.keep_best and new and float(np.mean(new)) > self.best_return:
+            # the weights that collected this rollout, i.e. before this iteration's update
+            self.best_return = float(np.mean(new))
+            self.best_state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
         t1 = time.perf_counter()
         adv, ret = advantages(roll, cfg)
         metrics = update(self.policy, self.optimizer, roll, adv, ret, cfg)
@@ -347,6 +399,7 @@ class PPOPhase(PhaseBase):
             episodes=len(self.finished),
             env_steps=(step + 1) * n,
             lr=self.optimizer.param_groups[0]["lr"],
+            **({"best_return": self.best_return} if cfg.keep_best else {}),
             sps=n / (t2 - t0),
             time_rollout_s=t1 - t0,
             time_update_s=t2 - t1,
@@ -360,6 +413,7 @@ class PPOPhase(PhaseBase):
             "next_obs": self.next_obs.clone(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "finished": list(self.finished),
+            "best": (self.best_return, self.best_state),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -369,9 +423,12 @@ class PPOPhase(PhaseBase):
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.finished = deque(state["finished"], maxlen=self.cfg.return_window)
+        self.best_return, self.best_state = state.get("best", (-float("inf"), None))
 
     def on_end(self) -> None:
         self.envs.close()
+        if self.cfg.keep_best and self.best_state is not None:
+            self.policy.load_state_dict(self.best_state)  # in place: the flat parameter views stay linked
 
 
 @PHASES.register("ppo", PPOConfig, "PPO for MLP policies on Gymnasium tasks (critic: dual for PDPPO)",

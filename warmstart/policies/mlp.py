@@ -40,6 +40,9 @@ WEIGHTS_FILE = "model.safetensors"
 class MLPPolicyConfig(PluginConfig):
     hidden: list[int] = Field([64, 64], description="hidden layer sizes of both the actor and the critic(s)")
     activation: Literal["tanh", "relu"] = Field("tanh", description="hidden activation")
+    critic_activation: Literal["tanh", "relu"] | None = Field(
+        None, description="hidden activation of the critic(s), if it differs from the actor's (PDPPO paper: relu actor, tanh critics)"
+    )
     normalize_obs: bool = Field(
         False, description="normalise observations with running mean/std (updated by the learner during rollouts)"
     )
@@ -118,8 +121,9 @@ class MLPPolicy(nn.Module):
         self.obs_dim, self.spec, self.cfg = obs_dim, spec, cfg
         self.continuous = spec["type"] == "box"
         h, act = list(cfg.hidden), cfg.activation
-        self.critic = _mlp(obs_dim, h, 1, act, 1.0)
-        self.post_critic = _mlp(obs_dim, h, 1, act, 1.0) if cfg.post_critic else None
+        cact = cfg.critic_activation or act
+        self.critic = _mlp(obs_dim, h, 1, cact, 1.0)
+        self.post_critic = _mlp(obs_dim, h, 1, cact, 1.0) if cfg.post_critic else None
         if self.continuous:
             self.actor = _mlp(obs_dim, h, spec["dim"], act, 0.01)
             self.log_std = nn.Parameter(torch.full((spec["dim"],), float(cfg.init_log_std)))

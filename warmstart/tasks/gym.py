@@ -43,7 +43,8 @@ class VecEnv:
     leading size N. Where an episode ended, ``obs`` already holds the first observation of the next
     episode and ``info["final_obs"]`` the last one of the finished episode; ``info["episode_return"]``
     and ``info["episode_length"]`` are set there (NaN elsewhere). Keys in ``info_keys`` that the envs
-    report are stacked into ``info[key]`` (N, ...).
+    report are stacked into ``info[key]`` (N, ...). An env may register a faster native vector env
+    with the same contract as its ``vector_entry_point`` (see :meth:`GymTask.make_envs`).
     """
 
     def __init__(self, envs: list[gym.Env], info_keys: tuple[str, ...] = ()):
@@ -128,9 +129,34 @@ class GymTask:
             raise ConfigError(f"task.env_kwargs for {self.cfg.env_id!r}: {e}") from None
 
     def make_envs(self, n: int, seed: int, info_keys: tuple[str, ...] = ()) -> tuple[VecEnv, np.ndarray]:
-        """``n`` envs seeded ``seed, seed+1, ...``; returns the vector env and its first observations."""
+        """``n`` envs seeded ``seed, seed+1, ...``; returns the vector env and its first observations.
+        An env whose Gymnasium spec has a ``vector_entry_point`` with ``warmstart_vec_env = True`` (it
+        keeps :class:`VecEnv`'s contract, e.g. the numpy lot-sizing env) is built natively instead,
+        seeded with ``seed``."""
+        native = self._native_vector()
+        if native is not None:
+            spec = gym.spec(self.cfg.env_id)
+            try:
+                venv = native(num_envs=n, info_keys=info_keys, **{**spec.kwargs, **self.cfg.env_kwargs})
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"task.env_kwargs for {self.cfg.env_id!r}: {e}") from None
+            return venv, venv.reset(seed=seed)
         venv = VecEnv([self._make_one() for _ in range(n)], info_keys=info_keys)
         return venv, venv.reset(seed=seed)
+
+    def _native_vector(self):
+        """The spec's vector entry point if it keeps VecEnv's contract (and no time-limit override,
+        which only the per-env wrapper applies), else None."""
+        if self.cfg.max_episode_steps is not None:
+            return None
+        ep = getattr(gym.spec(self.cfg.env_id), "vector_entry_point", None)
+        if ep is None:
+            return None
+        if not callable(ep):
+            from gymnasium.envs.registration import load_env_creator
+
+            ep = load_env_creator(ep)
+        return ep if getattr(ep, "warmstart_vec_env", False) else None
 
     def evaluate(self, policy, eval_cfg: EvalConfig, ctx=None) -> dict[str, float]:
         """``eval_cfg.n`` episodes, episode k from an env reset with seed ``eval_cfg.seed + k``

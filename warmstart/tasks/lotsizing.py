@@ -17,10 +17,15 @@ periods (100). The observation (and the post-decision state) is ``[inventory per
 setup per machine (M)]`` as float32, where setup 0 means "not set up yet" and k means item k-1; an
 idle machine keeps its setup, so resuming the same item later costs nothing.
 
-Parameters are a :class:`LotSizingParams`; :data:`PRESETS` holds a small setting and the paper's
-15-item / 5-machine one, drawn once from the generator ranges in :func:`generate_params` with a fixed
-seed. Any field can be overridden through ``gymnasium.make(..., **overrides)``; scalars broadcast to
-their shape. Invalid values raise a ValueError naming the parameter.
+Parameters are a :class:`LotSizingParams`; :data:`PRESETS` holds a small setting with our own costs
+(:func:`generate_params`) and the paper's 15-item / 5-machine setting plus a smaller 5 / 2 one with
+the paper's parameters (:func:`paper_params`: random initial inventory and setups at every reset),
+each drawn once with a fixed seed. Any field can be overridden through ``gymnasium.make(...,
+**overrides)``; scalars broadcast to their shape. Invalid values raise a ValueError naming the
+parameter.
+
+Speed: the dynamics are numpy over a batch of envs; :class:`LotSizingVecEnv` steps N envs in one call
+and is the ``vector_entry_point`` that training uses (``benchmarks/lotsizing_env_speed.py``).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class LotSizingParams:
     demand_p: float = 0.4
     stochastic_demand: bool = True  # False: demand is exactly demand_n * demand_p every period
     horizon: int = 100
+    random_reset: bool = False  # True: reset draws the inventory and setups (the paper's env)
 
     def __post_init__(self):
         validate_params(self)
@@ -152,11 +158,40 @@ def make_params(base: dict | LotSizingParams, **overrides: Any) -> LotSizingPara
     return LotSizingParams(**d)
 
 
-#: Named settings. "small": 3 items / 2 machines (fast, for tests and quick benchmarks);
-#: "paper-15x5": the paper's 15-item / 5-machine configuration.
+def paper_params(n_items: int, n_machines: int, seed: int = 0, **overrides: Any) -> LotSizingParams:
+    """Draw an instance with the PDPPO paper's parameters (METHODS.md G, from the authors' code):
+    holding 0.01 and lost sales 0.2 per unit, setup cost ~ U[1, 2], setup loss 1 unit, production per
+    (machine, item) pair 0 (that machine cannot make that item) with probability 0.4, else ~ U{1..40}
+    units, inventory cap 100, demand Binomial(20, 0.4), and a random initial inventory and setups at
+    every reset (``random_reset``)."""
+    if n_items < 1 or n_machines < 1:
+        raise ValueError(f"LotSizing parameter 'n_items'/'n_machines': must be >= 1, got {n_items}/{n_machines}")
+    rng = np.random.default_rng(seed)
+    rates = rng.integers(1, 41, size=(n_machines, n_items)).astype(np.float64)
+    base = dict(
+        n_items=n_items,
+        n_machines=n_machines,
+        production=np.where(rng.random((n_machines, n_items)) < 0.4, 0.0, rates),
+        setup_cost=np.round(rng.uniform(1, 2, size=(n_machines, n_items)), 2),
+        setup_loss=np.ones((n_machines, n_items)),
+        holding_cost=np.full(n_items, 0.01),
+        lost_sales_cost=np.full(n_items, 0.2),
+        max_inventory=np.full(n_items, 100.0),
+        initial_inventory=np.zeros(n_items),
+        initial_setup=np.zeros(n_machines),
+        random_reset=True,
+    )
+    return make_params(base, **overrides)
+
+
+#: Named settings. "small": 3 items / 2 machines with our own costs (:func:`generate_params`; fast, for
+#: tests and quick benchmarks); "paper-15x5": the paper's 15-item / 5-machine setting with the paper's
+#: parameters (:func:`paper_params`); "paper-5x2": the same parameters at 5 items / 2 machines (a
+#: smaller setting of ours).
 PRESETS: dict[str, LotSizingParams] = {
     "small": generate_params(3, 2, seed=1),
-    "paper-15x5": generate_params(15, 5, seed=15),
+    "paper-15x5": paper_params(15, 5, seed=15),
+    "paper-5x2": paper_params(5, 2, seed=5),
 }
 
 
@@ -167,36 +202,68 @@ def params_from_kwargs(preset: str = "small", **overrides: Any) -> LotSizingPara
 
 
 # ------------------------------------------------------------------------------ transition pieces
+# One implementation of the dynamics, vectorised over a batch of B envs (numpy); the single env is
+# the B = 1 case, so the scalar and the vector env cannot drift apart.
 
 
 def _deterministic_part(p: LotSizingParams, inventory: np.ndarray, setup: np.ndarray, action: np.ndarray):
-    """(post inventory (I,), new setup (M,), setup cost). ``action``: (M,) in 0..I."""
-    action = np.asarray(action, dtype=np.int64)
-    new_setup = setup.copy()
-    post_inv = inventory.copy()
-    setup_cost = 0.0
-    for m, a in enumerate(action):
-        if a == 0:
-            continue  # idle: keeps its setup, produces nothing
-        i = a - 1
-        made = p.production[m, i]
-        if a != setup[m]:
-            setup_cost += p.setup_cost[m, i]
-            made = max(made - p.setup_loss[m, i], 0.0)
-            new_setup[m] = a
-        post_inv[i] += made
+    """Decision -> post-decision state for a batch: ``inventory`` (B, I), ``setup`` (B, M), ``action``
+    (B, M) in 0..I. Returns (post inventory (B, I), new setup (B, M), setup cost (B,))."""
+    a = np.asarray(action, dtype=np.int64).reshape(inventory.shape[0], p.n_machines)
+    active = a > 0  # (B, M); idle machines keep their setup and produce nothing
+    item = np.where(active, a - 1, 0)  # (B, M)
+    m = np.arange(p.n_machines)  # broadcasts against item: [m, item[b, m]]
+    switch = active & (a != setup)  # (B, M)
+    setup_cost = (p.setup_cost[m, item] * switch).sum(1)  # (B,)
+    made = p.production[m, item]  # (B, M)
+    made = np.where(switch, np.maximum(made - p.setup_loss[m, item], 0.0), made) * active
+    post_inv = inventory.astype(np.float64)  # a copy
+    rows = np.arange(inventory.shape[0])
+    for j in range(p.n_machines):  # two machines may make the same item: add machine by machine
+        post_inv[rows, item[:, j]] += made[:, j]
     np.minimum(post_inv, p.max_inventory, out=post_inv)
+    new_setup = np.where(active, a, setup).astype(np.float64)
     return post_inv, new_setup, setup_cost
+
+
+def _demand_part(p: LotSizingParams, post_inv: np.ndarray, demand: np.ndarray):
+    """Post-decision inventory (B, I) and demand (B, I) -> (inventory (B, I), lost-sales cost (B,),
+    holding cost (B,))."""
+    sold = np.minimum(post_inv, demand)
+    inv = post_inv - sold
+    return inv, (demand - sold) @ p.lost_sales_cost, inv @ p.holding_cost
+
+
+def _draw_demand(p: LotSizingParams, rng: np.random.Generator, batch: int) -> np.ndarray:
+    if p.stochastic_demand:
+        return rng.binomial(p.demand_n, p.demand_p, size=(batch, p.n_items)).astype(np.float64)
+    return np.full((batch, p.n_items), p.mean_demand)
+
+
+def _initial_state(p: LotSizingParams, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inventory (B, I), setup (B, M)) at reset: the fixed initial values, or with ``random_reset``
+    inventory ~ U{0..max_inventory} per item and each machine set up for an item ~ U{1..I}."""
+    if not p.random_reset:
+        return np.tile(p.initial_inventory, (batch, 1)), np.tile(p.initial_setup, (batch, 1)).astype(np.float64)
+    inv = rng.integers(0, np.floor(p.max_inventory).astype(np.int64) + 1, size=(batch, p.n_items))
+    setup = rng.integers(1, p.n_items + 1, size=(batch, p.n_machines))
+    return inv.astype(np.float64), setup.astype(np.float64)
 
 
 def post_decision_state(params: LotSizingParams, state: np.ndarray, action: np.ndarray) -> np.ndarray:
     """The post-decision state of ``state`` (``[inventory (I), setup (M)]``) under ``action`` (M,):
     setups switched and production added (capped), before any demand. Same layout and dtype as an
     observation."""
-    state = np.asarray(state, dtype=np.float64)
-    inv, setup = state[: params.n_items], state[params.n_items :]
-    post_inv, new_setup, _ = _deterministic_part(params, inv, setup, action)
-    return np.concatenate([post_inv, new_setup]).astype(np.float32)
+    state = np.asarray(state, dtype=np.float64).reshape(1, -1)
+    inv, setup = state[:, : params.n_items], state[:, params.n_items :]
+    post_inv, new_setup, _ = _deterministic_part(params, inv, setup, np.asarray(action).reshape(1, -1))
+    return np.concatenate([post_inv, new_setup], axis=1)[0].astype(np.float32)
+
+
+def _spaces(p: LotSizingParams):
+    action = spaces.MultiDiscrete(np.full(p.n_machines, p.n_items + 1, dtype=np.int64))
+    high = np.concatenate([p.max_inventory, np.full(p.n_machines, float(p.n_items))]).astype(np.float32)
+    return spaces.Box(low=np.zeros_like(high), high=high, dtype=np.float32), action
 
 
 class LotSizingEnv(gym.Env):
@@ -207,36 +274,25 @@ class LotSizingEnv(gym.Env):
 
     def __init__(self, preset: str = "small", params: LotSizingParams | None = None, **overrides: Any):
         self.params = make_params(params, **overrides) if params is not None else params_from_kwargs(preset, **overrides)
-        p = self.params
-        self.action_space = spaces.MultiDiscrete(np.full(p.n_machines, p.n_items + 1, dtype=np.int64))
-        high = np.concatenate([p.max_inventory, np.full(p.n_machines, float(p.n_items))]).astype(np.float32)
-        self.observation_space = spaces.Box(low=np.zeros_like(high), high=high, dtype=np.float32)
-        self._inv = p.initial_inventory.astype(np.float64).copy()
-        self._setup = p.initial_setup.astype(np.float64).copy()
+        self.observation_space, self.action_space = _spaces(self.params)
+        self._inv, self._setup = _initial_state(self.params, np.random.default_rng(0), 1)
         self._t = 0
 
     def _obs(self) -> np.ndarray:
-        return np.concatenate([self._inv, self._setup]).astype(np.float32)
+        return np.concatenate([self._inv, self._setup], axis=1)[0].astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self._inv = self.params.initial_inventory.astype(np.float64).copy()
-        self._setup = self.params.initial_setup.astype(np.float64).copy()
+        self._inv, self._setup = _initial_state(self.params, self.np_random, 1)
         self._t = 0
         return self._obs(), {}
 
     def step(self, action):
         p = self.params
         post_inv, self._setup, setup_cost = _deterministic_part(p, self._inv, self._setup, action)
-        post = np.concatenate([post_inv, self._setup]).astype(np.float32)
-        if p.stochastic_demand:
-            demand = self.np_random.binomial(p.demand_n, p.demand_p, size=p.n_items).astype(np.float64)
-        else:
-            demand = np.full(p.n_items, p.mean_demand)
-        sold = np.minimum(post_inv, demand)
-        self._inv = post_inv - sold
-        lost_cost = float(p.lost_sales_cost @ (demand - sold))
-        holding = float(p.holding_cost @ self._inv)
+        post = np.concatenate([post_inv, self._setup], axis=1)[0].astype(np.float32)
+        self._inv, lost, holding = _demand_part(p, post_inv, _draw_demand(p, self.np_random, 1))
+        setup_cost, lost_cost, holding = float(setup_cost[0]), float(lost[0]), float(holding[0])
         cost = setup_cost + lost_cost + holding
         self._t += 1
         info = {
@@ -249,16 +305,75 @@ class LotSizingEnv(gym.Env):
         return self._obs(), -cost, False, self._t >= p.horizon, info
 
 
+class LotSizingVecEnv:
+    """``num_envs`` lot-sizing envs stepped together in numpy (no Python loop over envs), with the
+    contract of :class:`warmstart.tasks.gym.VecEnv`: same-step autoreset (``info["final_obs"]`` holds
+    the last observation of an episode that ended, ``info["episode_return"]`` / ``["episode_length"]``
+    its totals, NaN elsewhere), plus ``info["post_decision_state"]`` (N, I + M) and ``info["cost"]``
+    (N,) on every step. One ``numpy`` Generator (seeded by :meth:`reset`) drives all envs, so the
+    draws differ from N separately seeded :class:`LotSizingEnv` s, but the dynamics are the same
+    functions. Registered as the ``vector_entry_point`` of ``warmstart/LotSizing-v0``, which is how
+    :meth:`GymTask.make_envs` finds it. Pickles whole (RNG and episode progress), for exact resumes."""
+
+    warmstart_vec_env = True  # keeps VecEnv's contract: GymTask.make_envs may use it natively
+
+    def __init__(self, num_envs: int, preset: str = "small", params: LotSizingParams | None = None,
+                 info_keys: tuple[str, ...] = (), **overrides: Any):
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"LotSizingVecEnv: num_envs must be a positive integer, got {num_envs!r}")
+        self.params = make_params(params, **overrides) if params is not None else params_from_kwargs(preset, **overrides)
+        self.num_envs = int(num_envs)
+        self.single_observation_space, self.single_action_space = _spaces(self.params)
+        self.info_keys = info_keys
+        self.reset()
+
+    def _obs(self) -> np.ndarray:
+        return np.concatenate([self._inv, self._setup], axis=1).astype(np.float32)  # (N, I + M)
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self._rng = np.random.default_rng(seed)
+        self._inv, self._setup = _initial_state(self.params, self._rng, self.num_envs)
+        self._t = np.zeros(self.num_envs, dtype=np.int64)
+        self._ret = np.zeros(self.num_envs)
+        return self._obs()
+
+    def step(self, actions: np.ndarray):
+        p, n = self.params, self.num_envs
+        post_inv, self._setup, setup_cost = _deterministic_part(p, self._inv, self._setup, actions)
+        post = np.concatenate([post_inv, self._setup], axis=1).astype(np.float32)
+        self._inv, lost, holding = _demand_part(p, post_inv, _draw_demand(p, self._rng, n))
+        cost = setup_cost + lost + holding  # (N,)
+        self._t += 1
+        self._ret -= cost
+        trunc = self._t >= p.horizon
+        obs = self._obs()
+        info = {"final_obs": None, "episode_return": None, "episode_length": None,
+                "post_decision_state": post, "cost": cost}
+        if trunc.any():
+            idx = np.nonzero(trunc)[0]
+            info["final_obs"] = obs.copy()
+            info["episode_return"] = np.where(trunc, self._ret, np.nan)
+            info["episode_length"] = np.where(trunc, self._t, np.nan)
+            inv, setup = _initial_state(p, self._rng, len(idx))
+            self._inv[idx], self._setup[idx] = inv, setup
+            self._t[idx], self._ret[idx] = 0, 0.0
+            obs[idx] = np.concatenate([inv, setup], axis=1)
+        return obs, -cost, np.zeros(n, dtype=bool), trunc, info
+
+    def close(self) -> None:
+        pass
+
+
 def _register() -> None:
     if ENV_ID not in gym.registry:
         # the horizon truncates inside the env (it is a parameter), so no TimeLimit wrapper
-        gym.register(id=ENV_ID, entry_point=LotSizingEnv)
+        gym.register(id=ENV_ID, entry_point=LotSizingEnv, vector_entry_point=LotSizingVecEnv)
 
 
 _register()
 
 
 __all__ = [
-    "ENV_ID", "LotSizingEnv", "LotSizingParams", "PRESETS", "generate_params", "make_params",
+    "ENV_ID", "LotSizingEnv", "LotSizingParams", "LotSizingVecEnv", "paper_params", "PRESETS", "generate_params", "make_params",
     "params_from_kwargs", "post_decision_state", "validate_params",
 ]
