@@ -209,18 +209,18 @@ def params_from_kwargs(preset: str = "small", **overrides: Any) -> LotSizingPara
 def _deterministic_part(p: LotSizingParams, inventory: np.ndarray, setup: np.ndarray, action: np.ndarray):
     """Decision -> post-decision state for a batch: ``inventory`` (B, I), ``setup`` (B, M), ``action``
     (B, M) in 0..I. Returns (post inventory (B, I), new setup (B, M), setup cost (B,))."""
-    a = np.asarray(action, dtype=np.int64).reshape(inventory.shape[0], p.n_machines)
+    B, I = inventory.shape
+    a = np.asarray(action, dtype=np.int64).reshape(B, p.n_machines)
     active = a > 0  # (B, M); idle machines keep their setup and produce nothing
     item = np.where(active, a - 1, 0)  # (B, M)
-    m = np.arange(p.n_machines)  # broadcasts against item: [m, item[b, m]]
+    pair = item + np.arange(p.n_machines) * I  # (B, M) flat index of (machine, item) into the (M, I) tables
     switch = active & (a != setup)  # (B, M)
-    setup_cost = (p.setup_cost[m, item] * switch).sum(1)  # (B,)
-    made = p.production[m, item]  # (B, M)
-    made = np.where(switch, np.maximum(made - p.setup_loss[m, item], 0.0), made) * active
-    post_inv = inventory.astype(np.float64)  # a copy
-    rows = np.arange(inventory.shape[0])
-    for j in range(p.n_machines):  # two machines may make the same item: add machine by machine
-        post_inv[rows, item[:, j]] += made[:, j]
+    setup_cost = (p.setup_cost.take(pair) * switch).sum(1)  # (B,)
+    made = p.production.take(pair)  # (B, M)
+    made = np.where(switch, np.maximum(made - p.setup_loss.take(pair), 0.0), made) * active
+    # two machines may make the same item: a bincount over (env, item) adds them up
+    cell = (item + np.arange(B)[:, None] * I).ravel()  # (B*M,) flat index into (B, I)
+    post_inv = inventory + np.bincount(cell, weights=made.ravel(), minlength=B * I).reshape(B, I)
     np.minimum(post_inv, p.max_inventory, out=post_inv)
     new_setup = np.where(active, a, setup).astype(np.float64)
     return post_inv, new_setup, setup_cost
