@@ -9,7 +9,10 @@ states for every run). Cells are ``preset:demand`` with demand ``stoch`` (Binomi
 ``det`` (exactly 8), run in the order given, seeds alternating between the arms, so a budget cut
 leaves balanced arms. Every finished run is appended to ``--results`` (JSON lines) and skipped when
 the command is run again, so the grid can run in the background and be resumed; ``--report`` only
-prints the table of what is there.
+prints the table of what is there. Each kept policy is tested twice on the same episodes: with greedy
+actions (argmax per machine: the engine's eval of the recipe) and with actions sampled from the
+policy (the policy as it acted in training, where the best checkpoint was chosen); the sampled
+tests are stored in ``--results`` with ``.retest`` inserted before the suffix.
 
     python benchmarks/pdppo_paper_protocol.py [--cells paper-15x5:stoch paper-15x5:det paper-5x2:stoch paper-5x2:det]
         [--seeds 1 2 3 4 5] [--iters 125] [--episodes 100] [--results runs/pdppo-paper/results.jsonl] [--report]
@@ -49,25 +52,44 @@ def run_one(cell: str, algo: str, seed: int, args) -> dict:
             "env_steps": last["env_steps"], "wall_s": round(time.time() - t0, 1)}
 
 
+def retest(row: dict, args) -> dict:
+    """Test the kept (best) policy of a finished run with sampled actions on the same episodes."""
+    from warmstart.config import EvalConfig
+    from warmstart.policies import load_policy
+    from warmstart.tasks.gym import GymTask, GymTaskConfig
+
+    preset, demand = row["cell"].split(":")
+    policy = load_policy(args.out / f"{preset}-{demand}-{row['algo']}-{row['seed']}" / "final")
+    task = GymTask(GymTaskConfig(kind="gym", env_id="warmstart/LotSizing-v0", greedy_eval=False,
+                                 env_kwargs={"preset": preset, "stochastic_demand": demand == "stoch"}), split="test")
+    ev = task.evaluate(policy, EvalConfig(n=row["episodes"]))
+    return {k: row[k] for k in ("cell", "algo", "seed", "iters", "episodes")} | {"test_cost_sampled": ev["mean_cost"]}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in ("cell", "algo", "seed", "iters", "episodes"))
+
+
 def report(rows: list[dict], episodes: int, with_refs: bool) -> None:
     out = []
+
+    def ms(x):
+        return f"{x.mean():.1f} ± {x.std(ddof=1):.1f}" if len(x) > 1 else (f"{x[0]:.1f}" if len(x) else "-")
+
     for cell in dict.fromkeys(r["cell"] for r in rows):
-        c = {a: [r["test_cost"] for r in rows if r["cell"] == cell and r["algo"] == a] for a in ARMS}
-        pd, pp = np.array(c["pdppo"]), np.array(c["ppo"])
-
-        def ms(x):
-            return f"{x.mean():.1f} ± {x.std(ddof=1):.1f}" if len(x) > 1 else (f"{x[0]:.1f}" if len(x) else "-")
-
-        diff = (f"{pd.mean() - pp.mean():+.1f} ({100 * (pd.mean() - pp.mean()) / pp.mean():+.1f}%)"
-                if len(pd) and len(pp) else "-")
-        t = f"{welch_t(c['pdppo'], c['ppo']):+.2f}" if len(pd) > 1 and len(pp) > 1 else "-"
         preset, demand = cell.split(":")
         refs = [f"{v:.1f}" for v in reference_costs(preset, demand == "stoch", episodes)[::-1]] if with_refs else ["", ""]
         wall = np.median([r["wall_s"] for r in rows if r["cell"] == cell])
-        out.append([preset, "Binomial(20,0.4)" if demand == "stoch" else "deterministic 8", f"{len(pd)}/{len(pp)}",
-                    ms(pd), ms(pp), diff, t, *refs, f"{wall:.0f}"])
-    print(table(["setting", "demand", "seeds PDPPO/PPO", "PDPPO test cost", "PPO test cost", "PDPPO − PPO",
-                 "Welch t", "base-stock heuristic", "random", "s per run (median)"], out))
+        for key, how in (("test_cost", "greedy"), ("test_cost_sampled", "sampled")):
+            c = {a: [r[key] for r in rows if r["cell"] == cell and r["algo"] == a and key in r] for a in ARMS}
+            pd, pp = np.array(c["pdppo"]), np.array(c["ppo"])
+            diff = (f"{pd.mean() - pp.mean():+.1f} ({100 * (pd.mean() - pp.mean()) / pp.mean():+.1f}%)"
+                    if len(pd) and len(pp) else "-")
+            t = f"{welch_t(c['pdppo'], c['ppo']):+.2f}" if len(pd) > 1 and len(pp) > 1 else "-"
+            out.append([preset, "Binomial(20,0.4)" if demand == "stoch" else "deterministic 8", how,
+                        f"{len(pd)}/{len(pp)}", ms(pd), ms(pp), diff, t, *refs, f"{wall:.0f}"])
+    print(table(["setting", "demand", "test actions", "seeds PDPPO/PPO", "PDPPO test cost", "PPO test cost",
+                 "PDPPO − PPO", "Welch t", "base-stock heuristic", "random", "s per run (median)"], out))
 
 
 def main() -> None:
@@ -102,6 +124,14 @@ def main() -> None:
                           f"(best train return {row['best_train_return']:.1f}, {row['wall_s']:.0f} s)", flush=True)
     rows = [r for r in load(results) if r["iters"] == args.iters and r["episodes"] == args.episodes
             and r["cell"] in args.cells and r["seed"] in args.seeds]
+    retests = results.with_suffix(".retest" + results.suffix)
+    for r in rows:  # the sampled test of each kept policy (done once, stored)
+        done = load(retests)
+        if not any(_same(r, x) for x in done):
+            with retests.open("a") as f:
+                f.write(json.dumps(retest(r, args)) + "\n")
+    for r in rows:
+        r.update(next(x for x in load(retests) if _same(r, x)))
     if not rows:
         print(f"no finished runs in {results} for these cells, seeds and budget")
         return

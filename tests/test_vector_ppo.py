@@ -110,7 +110,7 @@ def _rows(run_dir):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
-@pytest.mark.parametrize("name", ["ppo-cartpole", "pdppo-lotsizing"])
+@pytest.mark.parametrize("name", ["ppo-cartpole", "pdppo-lotsizing", "pdppo-lotsizing-paper"])
 def test_vector_resume_is_exact(name, tmp_path, monkeypatch):
     sets = ["phases.0.steps=5", "checkpoint.every=2", "eval.n=3"]
     recipe, raw = load_recipe(ROOT / "recipes" / f"{name}.yaml", sets, smoke=True)
