@@ -30,6 +30,13 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def load_average() -> str:
+    """The 1/5/15-minute load averages, for tables measured on a shared machine."""
+    import os
+
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def run(recipe: str, sets: list[str], run_dir: Path) -> tuple[dict, list[dict]]:
     """Run a shipped recipe with overrides (fresh run dir); returns (summary, training rows)."""
     import shutil

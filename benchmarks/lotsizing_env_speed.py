@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _vector_common import ROOT, command_line, machine, table
+from _vector_common import ROOT, command_line, load_average, machine, table
 
 
 def _before_env_class(commit: str):
@@ -78,9 +78,7 @@ def main() -> None:
     print(table(["implementation", "env steps/s (median)", "vs before"], rows))
     print(f"\npreset {args.preset}, {args.envs} envs x {args.steps} steps, random actions, median of {args.repeats} "
           f"interleaved repeats; 'before' = commit {args.before_commit}'s env (that preset's sizes)")
-    with open("/proc/loadavg") as f:
-        print(f"load average at the end: {f.read().split()[:3]}; machine: {machine()}")
-    print(f"command: {command_line()}")
+    print(f"load average at the end: {load_average()}; machine: {machine()}; command: {command_line()}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _vector_common import command_line, machine, run, table
+from _vector_common import command_line, load_average, machine, run, table
 from pdppo_vs_ppo import reference_costs, welch_t
 
 CELLS = ["paper-15x5:stoch", "paper-15x5:det", "paper-5x2:stoch", "paper-5x2:det"]
@@ -140,8 +140,7 @@ def main() -> None:
     print(f"\n{args.iters * 4000:,} env steps per run; test: best checkpoint (best training rollout) on {args.episodes} "
           f"episodes of 100 periods, common demand draws and initial states; mean ± std over seeds of the mean "
           f"episode cost (lower is better)")
-    with open("/proc/loadavg") as f:
-        print(f"load average now: {f.read().split()[:3]}; machine: {machine()}; torch threads: 1")
+    print(f"load average now: {load_average()}; machine: {machine()}; torch threads: 1")
     print(f"command: {command_line()}")
 
 
