@@ -93,10 +93,11 @@ class LMPolicy:
         """Token ids of a continuation (no special tokens added)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def encode_message(self, text: str, role: str) -> list[int]:
+    def encode_message(self, text: str, role: str, closed: bool = True) -> list[int]:
         """Token ids of an environment message from ``role`` (e.g. ``"tool"``) appended after a policy
-        turn that ended with EOS: the chat template's own markers for that role, then the generation
-        prompt of the next assistant turn. Without a chat template: ``text`` as is.
+        turn: the chat template's own markers for that role, then the generation prompt of the next
+        assistant turn. ``closed``: the turn ended with EOS (else the template's end of the assistant
+        turn is added here, as an environment token). Without a chat template: ``text`` as is.
 
         The template is rendered for a probe conversation with and without the message; what the
         message adds after the probe assistant turn's EOS is the suffix. Token-in, token-out: these ids
@@ -109,7 +110,7 @@ class LMPolicy:
         after = tpl(probe + [{"role": role, "content": text.strip()}], tokenize=False, add_generation_prompt=True)
         cut = before.index("\x00probe\x00") + len("\x00probe\x00")
         eos = self.tokenizer.eos_token or ""
-        if eos and before[cut:].startswith(eos):
+        if closed and eos and before[cut:].startswith(eos):
             cut += len(eos)  # the sampled turn already ends with EOS
         if after[:cut] != before[:cut]:
             raise WarmstartError(f"the chat template renders earlier turns differently once a {role!r} message follows; "

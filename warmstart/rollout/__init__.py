@@ -137,7 +137,11 @@ def rollout(
             if res.done or res.message is None or turn + 1 >= turns:
                 continue
             # a message with a role (a tool's output) is wrapped in the policy's chat template for that role
-            e.add_env(policy.encode_message(res.message, res.role) if res.role else policy.encode(res.message))
+            if res.role:
+                closed = bool(ids) and ids[-1] == policy.eos_id  # a turn cut at its limit has no end marker yet
+                e.add_env(policy.encode_message(res.message, res.role, closed))
+            else:
+                e.add_env(policy.encode(res.message))
             still.append(i)
         active = still
     dt = time.time() - t0

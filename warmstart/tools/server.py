@@ -87,6 +87,9 @@ def make_server(kind: str, options: dict | None = None, limits: ToolLimits | Non
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: a client reuses one connection for all its calls
+        # headers and body go out in two writes; with Nagle's algorithm the second waits for the
+        # client's delayed ACK (~40 ms a call). A tool call is latency-bound: send at once.
+        disable_nagle_algorithm = True
 
         def log_message(self, fmt, *args):  # one line per request on stderr would swamp a run's log
             pass
