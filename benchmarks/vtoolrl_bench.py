@@ -1,8 +1,9 @@
 """V-ToolRL's claim on the text-chart task: tool RL > text-only RL > SFT only, and how tool use
 changes under RL -- per seed, from one SFT cold start per seed.
 
-For each seed: ``recipes/vtoolrl-sft.yaml`` (the cold start: SFT on scripted tool trajectories
-executed against the tool server); then ``recipes/vtoolrl.yaml`` (GRPO with tool calls over HTTP)
+One SFT cold start (``recipes/vtoolrl-sft.yaml``: SFT on scripted tool trajectories executed
+against the tool server, seed ``--sft-seed``), shared by every RL run, as the paper's RL variants
+share one SFT model; then for each seed ``recipes/vtoolrl.yaml`` (GRPO with tool calls over HTTP)
 and ``recipes/vtoolrl-text-only.yaml`` (GRPO, one turn, no tools), both from that SFT's final
 policy (``policy.path``, SFT steps 0), same steps, prompts and group size (the same sampling budget
 in episodes). Every evaluation uses the same held-out charts (``eval.n`` of them).
@@ -42,7 +43,9 @@ def _ms(xs: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/vtoolrl-bench"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the RL runs")
+    ap.add_argument("--sft-seed", type=int, default=0)
+    ap.add_argument("--sft-dir", type=Path, default=None, help="a finished vtoolrl-sft run to start from (default: run one)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override for every recipe")
     ap.add_argument("--rl-set", dest="rl_sets", action="append", default=[], help="override for the two RL recipes only")
     a = ap.parse_args()
@@ -50,18 +53,20 @@ def main() -> None:
 
     torch.set_num_threads(1)
     rows = []
+    sft_dir = a.sft_dir or a.out / f"sft-s{a.sft_seed}"
+    sft = run("vtoolrl-sft", sft_dir, [f"seed={a.sft_seed}"] + a.sets)
     for seed in a.seeds:
         base = [f"seed={seed}"] + a.sets
-        sft = run("vtoolrl-sft", a.out / f"sft-s{seed}", base)
-        start = [f"policy.path={a.out / f'sft-s{seed}' / 'final'}", "phases.sft.steps=0"] + base + a.rl_sets
+        start = [f"policy.path={sft_dir / 'final'}", "phases.sft.steps=0"] + base + a.rl_sets
         tool = run("vtoolrl", a.out / f"toolrl-s{seed}", start)
         text = run("vtoolrl-text-only", a.out / f"textrl-s{seed}", start)
         rows.append({"seed": seed, "sft": sft["final"], "sft_no_tools": text["init"], "toolrl": tool["final"],
-                     "textrl": text["final"], "time_s": {"sft": sft["time_s"], "toolrl": tool["time_s"], "textrl": text["time_s"]}})
+                     "textrl": text["final"], "time_s": {"sft": sft["time_s"], "toolrl": tool["time_s"], "textrl": text["time_s"]},
+                     "toolrl_start": tool["init"]})
         (a.out / "bench.json").write_text(json.dumps(rows, indent=2, default=float))
     print(f"command: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} {sys.executable} {' '.join(sys.argv)}")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"held-out charts per evaluation: {rows[0]['sft']['n']}; seeds: {a.seeds}")
+    print(f"held-out charts per evaluation: {rows[0]['sft']['n']}; RL seeds: {a.seeds}; one SFT ({sft_dir})")
     print("| policy | accuracy (mean ± sd over seeds) | per seed | value | diff | max |")
     print("| --- | --- | --- | --- | --- | --- |")
     for key, label in (("sft_no_tools", "SFT only, no tools (1 turn)"), ("sft", "SFT only, with tools (3 rounds)"),

@@ -118,6 +118,7 @@ def test_local_faults_become_observations():
 # ------------------------------------------------------------------------------------------- server
 
 
+@pytest.mark.slow  # starts tool-server processes (imports torch): seconds each
 def test_http_server_calls_faults_restart_and_stop():
     server = ToolServer("faults", limits=ToolLimits(timeout_s=0.5, max_output_chars=100))
     tools = HttpTools(server=server)
@@ -131,8 +132,9 @@ def test_http_server_calls_faults_restart_and_stop():
         assert tools.call("echo", {"text": 3}, {}).error_kind == "malformed_args"
         # the server dies mid-call: that call is an error, the server is restarted, the next call works
         died = tools.call("die", {}, {})
-        assert died.error_kind in ("server_down", "bad_output") or died.ok is False
-        assert tools.call("echo", {"text": "again"}, {}).text == "again"
+        assert died.error_kind == "server_down" and "restarted" in died.error
+        again = tools.call("echo", {"text": "again"}, {})
+        assert again.text == "again", again
         assert tools.stats.restarts == 1 and _gone(pid)
         new_pid = health(tools.url)["pid"]
         assert new_pid != pid
@@ -160,6 +162,7 @@ def test_server_that_cannot_start_says_why():
         ToolServer("chart", {"max_zom": 3}).start()
 
 
+@pytest.mark.slow  # starts tool-server processes (imports torch): seconds each
 def test_server_dies_with_its_parent(tmp_path):
     """A run killed with SIGKILL (no cleanup at all) leaves no tool server behind."""
     script = tmp_path / "parent.py"
@@ -222,7 +225,7 @@ def test_action_format_roundtrip_and_errors():
     text = format_action("read_value", {"label": "C"}, "need C")
     act, why = parse_action(text)
     assert why is None and act.name == "read_value" and act.arguments == {"label": "C"} and act.thought == "need C"
-    assert parse_action('{"thought": "x", "actions": []}')[1].startswith('"actions" must be')
+    assert parse_action('{"thought": "x", "actions": []}')[1].startswith('"actions" must be a list')
     assert parse_action("the answer is 4")[1].startswith("no JSON action")
     assert parse_action('{"actions": [{"name": "zoom", "arguments": [1]}]}')[1] == "the action's arguments must be a JSON object"
     act, _ = parse_action('<tool_call>\n{"name": "Terminate", "arguments": {"answer": "7"}}\n</tool_call>')

@@ -63,10 +63,10 @@ def parse_action(text: str) -> tuple[Action | None, str | None]:
         return (Action(obj["name"], args), None) if isinstance(args, dict) else (None, "arguments must be a JSON object")
     obj = _first_object(text)
     if not isinstance(obj, dict):
-        return None, 'no JSON action; write {"thought": ..., "actions": [{"name": ..., "arguments": {...}}]}'
+        return None, 'no JSON action {"thought":..,"actions":[{"name":..,"arguments":{..}}]}'
     acts = obj.get("actions")
     if not isinstance(acts, list) or not acts or not isinstance(acts[0], dict):
-        return None, '"actions" must be a non-empty list of {"name": ..., "arguments": {...}}'
+        return None, '"actions" must be a list of {"name":..,"arguments":{..}}'
     a = acts[0]
     if not isinstance(a.get("name"), str):
         return None, "the action needs a string name"

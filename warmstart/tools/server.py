@@ -227,6 +227,16 @@ class ToolServer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def exited(self, within_s: float = 0.0) -> bool:
+        """Whether the server process has ended (waiting up to ``within_s`` for one that is dying)."""
+        if self.proc is None:
+            return True
+        try:
+            self.proc.wait(within_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
     def restart(self) -> str:
         with self._lock:
             if self.alive():
@@ -334,16 +344,20 @@ class HttpTools:
                 return failure(name, "timeout", f"no answer from the tool server within {self.limits.timeout_s + 2:g} s")
             except (ConnectionError, http.client.HTTPException, OSError) as e:
                 self._drop_conn()
-                if attempt == 0 and self.server is not None and not self.server.alive():
-                    try:
-                        self.url = self.server.restart()
-                        self.stats.restarts += 1
+                if self.server is None or not self.server.exited(within_s=1.0):
+                    if attempt == 0:  # e.g. the server closed an idle keep-alive connection: one fresh try
                         continue
-                    except WarmstartError as restart_error:
-                        return failure(name, "server_down", f"the tool server died and could not restart: {restart_error}")
-                if attempt == 0:  # e.g. the server closed an idle keep-alive connection: one fresh try
+                    return failure(name, "server_down", f"the tool server at {self.url} is unreachable ({type(e).__name__})")
+                # our server is dead: restart it. Retry the call only if the server was down before it
+                # was sent (connection refused); a call during which it died may be what killed it.
+                try:
+                    self.url = self.server.restart()
+                    self.stats.restarts += 1
+                except WarmstartError as restart_error:
+                    return failure(name, "server_down", f"the tool server died and could not restart: {restart_error}")
+                if attempt == 0 and isinstance(e, ConnectionRefusedError):
                     continue
-                return failure(name, "server_down", f"the tool server at {self.url} is unreachable ({type(e).__name__})")
+                return failure(name, "server_down", "the tool server died during this call (it was restarted)")
             except (ValueError, KeyError) as e:
                 return failure(name, "bad_output", f"the tool server's reply is not a result ({e})"[:300])
         return failure(name, "server_down", f"the tool server at {self.url} is unreachable")
