@@ -57,6 +57,8 @@ class ChartTaskConfig(PluginConfig):
     max_new_tokens: int = Field(80, ge=8, description="tokens per policy turn")
     max_context: int = Field(768, ge=64, description="tokens an episode may reach (the policy's context): an episode "
                                                       "that could not fit another observation and turn ends unanswered")
+    schemas_in_prompt: bool = Field(False, description="give each problem the tools' JSON schemas, which a chat policy renders "
+                                                        "with its template (apply_chat_template(tools=...)); a policy without a template ignores them")
     format_reward: float = Field(0.0, ge=0, description="weight of the per-turn format term (share of valid action turns); 0 = off, as in the paper")
     data_seed: int = Field(0, description="seed of the charts (fixed across runs)")
     tools: ToolsConfig = Field(default_factory=ToolsConfig, description="the tool set and where it runs")
@@ -84,8 +86,11 @@ class ChartTask:
         # train, test and demo charts come from separate streams of one seed: never the same chart
         offset = {"train": 0, "test": 1}.get(split, 2)
         self.problems = self._make(cfg.n_train if split == "train" else cfg.n_test, random.Random(cfg.data_seed * 3 + offset))
-        self._demo_problems = None
         self.tools = open_tools(cfg.tools) if self.max_turns > 1 or split == "train" else None
+        if cfg.schemas_in_prompt and self.tools is not None:
+            schemas = self.tools.schemas()
+            for p in self.problems:
+                p.tools = schemas
 
     # -- data
     def _chart(self, rng: random.Random) -> dict:
@@ -127,7 +132,16 @@ class ChartTask:
         return got is not None and normalize_answer(got) == normalize_answer(problem_answer)
 
     def episode_metrics(self, texts: list[str]) -> dict[str, float]:
-        return {}
+        """Training-time shares from the policy's text alone (learners see no episode info here):
+        valid actions per episode that are not ``terminate`` (tool calls), and the share answered."""
+        if not texts:
+            return {}
+        calls = answered = 0
+        for t in texts:
+            acts = [parse_action(x)[0] for x in _split_turns(t)]
+            calls += sum(a is not None and not a.is_terminate for a in acts)
+            answered += any(a is not None and a.is_terminate for a in acts)
+        return {"tool_calls_per_episode": calls / len(texts), "answered": answered / len(texts)}
 
     # -- the tool-call loop
     def respond(self, episode: Episode, turn: int) -> TurnResult:
@@ -200,10 +214,13 @@ class ChartTask:
         rng = random.Random(self.cfg.data_seed * 3 + 7)
         probs = self._make(self.cfg.n_demos, random.Random(self.cfg.data_seed * 3 + 2))
         eos = [policy.eos_id] if policy.eos_id is not None else []
+        schemas = self.tools.schemas() if self.cfg.schemas_in_prompt else None
         out = []
         for p in probs:
             direct = rng.random() < self.cfg.direct_fraction
-            e = Episode(prompt=p.prompt, prompt_ids=policy.encode_prompt(p.prompt), info={"answer": p.answer, **p.info})
+            # the prompt exactly as the rollout encodes it (with the tool schemas when the task shows them)
+            pids = policy.encode_prompt(p.prompt, tools=schemas) if schemas else policy.encode_prompt(p.prompt)
+            e = Episode(prompt=p.prompt, prompt_ids=pids, info={"answer": p.answer, **p.info})
             values: dict[str, int] = {}
             plan = self.script(p, direct)
             ok = True
@@ -220,7 +237,8 @@ class ChartTask:
                 elif name == "draw_line":
                     above = res.text.split(":", 1)[1].split()
                     plan += [("read_value", {"label": lab}) for lab in above if lab != "none"]
-                e.add_env(policy.encode(f"\nOBSERVATION: {res.observation()}\n"))
+                # the observation exactly as the rollout appends it (a chat policy wraps it as a tool turn)
+                e.add_env(policy.encode_message(f"\nOBSERVATION: {res.observation()}\n", "tool", closed=bool(eos)))
             if not ok:
                 continue
             answer = self._answer_from(p, values, direct)
