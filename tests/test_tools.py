@@ -232,3 +232,23 @@ def test_action_format_roundtrip_and_errors():
     assert act.is_terminate and act.arguments == {"answer": "7"}
     assert final_answer([text, format_action("terminate", {"answer": 12})]) == "12"
     assert final_answer([text]) is None
+
+
+def test_cli_tools_list_and_serve_errors():
+    from typer.testing import CliRunner
+
+    from warmstart.engine.cli import app
+
+    out = CliRunner().invoke(app, ["tools", "list"])
+    assert out.exit_code == 0 and "chart:" in out.output and "read_value" in out.output
+    bad = CliRunner().invoke(app, ["tools", "serve", "chrat"])
+    assert bad.exit_code == 2 and "unknown tool set kind 'chrat'" in bad.output
+    bad = CliRunner().invoke(app, ["tools", "serve", "chart", "--option", "max_zoom"])
+    assert bad.exit_code == 2 and "write key=value" in bad.output
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))  # the port is taken
+    try:
+        busy = CliRunner().invoke(app, ["tools", "serve", "chart", "--port", str(srv.getsockname()[1])])
+        assert busy.exit_code == 2 and "cannot listen on" in busy.output
+    finally:
+        srv.close()
