@@ -160,6 +160,10 @@ def test_server_that_cannot_start_says_why():
         ToolServer("chrat").start()
     with pytest.raises(Exception, match="max_zom"):
         ToolServer("chart", {"max_zom": 3}).start()
+    slow = ToolServer("chart", start_timeout_s=0.05)  # it cannot import torch that fast: a timeout, said so
+    with pytest.raises(WarmstartError, match="could not start: no READY line within 0.05 s"):
+        slow.start()
+    assert slow.proc.poll() is not None  # and the half-started process was killed
 
 
 @pytest.mark.slow  # starts tool-server processes (imports torch): seconds each

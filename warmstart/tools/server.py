@@ -189,7 +189,7 @@ class ToolServer:
     """A tool server in a child process: started, health-checked, restarted, stopped by its owner."""
 
     def __init__(self, kind: str, options: dict | None = None, limits: ToolLimits | None = None,
-                 start_timeout_s: float = 30.0):
+                 start_timeout_s: float = 120.0):
         self.kind, self.options = kind, dict(options or {})
         self.limits = limits or ToolLimits()
         self.start_timeout_s = start_timeout_s
@@ -215,8 +215,9 @@ class ToolServer:
         reader.join(self.start_timeout_s)
         line = line_box[0].strip() if line_box else ""
         if not line.startswith(READY):
+            exited = self.proc.poll() is not None
+            err = (self.proc.stderr.read() or "").strip().splitlines()[-5:] if exited else []  # before _kill closes it
             self._kill()
-            err = (self.proc.stderr.read() or "").strip().splitlines()[-5:] if self.proc.poll() is not None else []
             why = " | ".join(err) or (f"no READY line within {self.start_timeout_s:g} s" if not line else f"it printed {line!r}")
             raise WarmstartError(f"the tool server for tool set {self.kind!r} could not start: {why}. Command: "
                                  f"{' '.join(cmd[:4])} ... Check the tool set's options in the recipe (task.tools), "
@@ -384,7 +385,8 @@ class ToolsConfig(ToolLimits):
         "http", description="'http': the run starts a tool server process (stopped with the run); 'in_process': "
                             "calls run in the run's process (tests, debugging)")
     url: str | None = Field(None, description="use this running server (`warmstart tools serve`) instead of starting one")
-    start_timeout_s: float = Field(30.0, gt=0, description="how long a starting server may take to answer")
+    start_timeout_s: float = Field(120.0, gt=0, description="how long a starting server may take to answer (it imports "
+                                                             "torch: seconds when idle, a minute on a loaded machine)")
 
     def limits(self) -> ToolLimits:
         return ToolLimits(**{k: getattr(self, k) for k in ToolLimits.model_fields})
