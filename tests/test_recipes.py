@@ -25,6 +25,7 @@ FAMILY_KEYS = {
     "promed": {"accuracy", "questions", "useless_share", "sig_per_question", "coverage", "bayes_oracle"},
     "lid": {"success_rate_seen", "success_rate_unseen", "mean_length_seen", "mean_length_unseen"},
     "unio4": {"mean_return", "normalized_return"},
+    "vtoolrl": {"accuracy", "tool_calls_per_episode", "tool_success_rate", "tool_errors"},
     "timemaster": {"accuracy", "accuracy_mean", "accuracy/GunPoint", "accuracy/ArrowHead", "accuracy/ItalyPowerDemand"},
 }
 

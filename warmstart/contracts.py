@@ -138,6 +138,14 @@ class HasDemoEpisodes(Protocol):
 
 
 @runtime_checkable
+class HoldsResources(Protocol):
+    """A task (or other plug-in) holding something to release when the run ends, e.g. the tool
+    server process it started; the engine calls ``close`` once, however the run ends."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
 class EnvTask(Protocol):
     """A Gymnasium environment (see :class:`warmstart.tasks.gym.GymTask`)."""
 

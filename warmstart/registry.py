@@ -1,4 +1,5 @@
-"""One plug-in mechanism for every kind: tasks, policies, phases, rewards, search strategies, scorers.
+"""One plug-in mechanism for every kind: tasks, policies, phases, rewards, search strategies, scorers,
+tool sets.
 
 Each entry pairs a pydantic config model (validated from the recipe, unknown keys rejected) with a
 factory, and may declare what it needs from the run (``requires``: slot name -> Protocol from
@@ -62,7 +63,8 @@ class Registry:
         return deco
 
     def get(self, kind: str) -> Entry:
-        discover()
+        if kind not in self._entries:  # registered already (its module imported): no need to walk the package
+            discover()
         if kind not in self._entries:
             known = sorted(self._entries)
             near = difflib.get_close_matches(kind, known, n=1)
@@ -91,6 +93,7 @@ PHASES = Registry("phase")
 REWARDS = Registry("reward")
 SEARCH = Registry("search strategy")
 SCORERS = Registry("scorer")
+TOOLSETS = Registry("tool set")  # warmstart.tools: named sets of typed tools, served in-process or over HTTP
 
 _discovered = False
 SKIPPED_MODULES: dict[str, str] = {}  # module -> missing third-party package

@@ -235,6 +235,52 @@ def scaling(
     console.print(f"written {out} and {out.with_suffix('.png')}", markup=False, highlight=False)
 
 
+tools_app = typer.Typer(no_args_is_help=True, help="tool sets: list them, or serve one over HTTP for several runs to share.")
+app.add_typer(tools_app, name="tools")
+
+
+@tools_app.command("serve")
+def tools_serve(
+    toolset: str = typer.Argument(..., help="a registered tool set (see `warmstart tools list`), e.g. chart"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8765, "--port", help="port (0: any free one)"),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="tool set option key=value (repeatable; value read as YAML)"),
+    timeout_s: float = typer.Option(5.0, "--timeout-s", help="time limit of one call, s"),
+):
+    """Serve a tool set over HTTP until Ctrl-C (GET /health, POST /call); recipes use it with task.tools.url."""
+    import yaml
+
+    from warmstart.tools import ToolLimits, toolset_class
+    from warmstart.tools.server import serve_forever
+
+    def go():
+        opts = {}
+        for kv in option or []:
+            if "=" not in kv:
+                raise WarmstartError(f"--option {kv!r}: write key=value, e.g. --option max_zoom=4.")
+            k, v = kv.split("=", 1)
+            opts[k] = yaml.safe_load(v)
+        toolset_class(toolset, opts)  # an unknown tool set or option is an error before any socket opens
+        try:
+            serve_forever(toolset, opts, ToolLimits(timeout_s=timeout_s), host, port, None,
+                          announce=lambda s: console.print(f"serving tool set {toolset} at {s.split(' ', 1)[1]} (Ctrl-C stops)",
+                                                           markup=False, highlight=False))
+        except OSError as e:
+            raise WarmstartError(f"cannot listen on {host}:{port}: {e.strerror or e}. Choose another --port (0: any free one).") from None
+
+    _guarded(go, f"tools serve {toolset}")
+
+
+@tools_app.command("list")
+def tools_list():
+    """List the registered tool sets and their tools."""
+    from warmstart.registry import TOOLSETS
+
+    for kind, entry in TOOLSETS.entries().items():
+        cls = entry.factory(entry.config(kind=kind))
+        console.print(f"{kind}: {entry.description}  tools: {', '.join(cls.tool_names())}", markup=False, highlight=False)
+
+
 def main() -> None:
     try:
         app()

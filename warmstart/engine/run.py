@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from warmstart.artifacts import Artifacts
-from warmstart.contracts import TokenPolicy, check_requirements, missing_members
+from warmstart.contracts import HoldsResources, TokenPolicy, check_requirements, missing_members
 from warmstart.engine.config import Recipe, dump_config
 from rich.markup import escape
 
@@ -212,16 +212,26 @@ def run_recipe(
     run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
     check_run_dir(run_dir, resume, overwrite)
     ctx = build_context(recipe, smoke=smoke)
-    phases_cfg = recipe.phases
-    phases = [PHASES.get(p.kind).factory(p, ctx) for p in phases_cfg]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(run_dir)
-    lock.acquire()
     try:
-        claim_run_dir(run_dir, dump_config(raw), resume, overwrite)
-        return _run(ctx, phases, run_dir, resume, quiet)
+        phases_cfg = recipe.phases
+        phases = [PHASES.get(p.kind).factory(p, ctx) for p in phases_cfg]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir)
+        lock.acquire()
+        try:
+            claim_run_dir(run_dir, dump_config(raw), resume, overwrite)
+            return _run(ctx, phases, run_dir, resume, quiet)
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        close_context(ctx)
+
+
+def close_context(ctx: RunContext) -> None:
+    """Release what the run's tasks hold (a tool server they started), however the run ended."""
+    for obj in {id(o): o for o in (ctx.task, ctx.eval_task)}.values():
+        if isinstance(obj, HoldsResources):
+            obj.close()
 
 
 def _resume_point(ctx: RunContext, phases: list, run_dir: Path, quiet: bool):

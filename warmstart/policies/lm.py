@@ -76,12 +76,12 @@ class LMPolicy:
         self._sampler = LlamaKVSampler(model) if supports_kv_sampler(model) else None
 
     # ------------------------------------------------------------------------------------ text <-> ids
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of a prompt: the chat template (with generation prompt) when the tokenizer has
-        one, else BOS + the text."""
+    def encode_prompt(self, prompt: str, tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a prompt: the chat template (with generation prompt, and the ``tools``' JSON
+        schemas when given) when the tokenizer has one, else BOS + the text."""
         if self.chat:
             ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, tools=tools or None
             )
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
@@ -92,6 +92,30 @@ class LMPolicy:
     def encode(self, text: str) -> list[int]:
         """Token ids of a continuation (no special tokens added)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_message(self, text: str, role: str, closed: bool = True) -> list[int]:
+        """Token ids of an environment message from ``role`` (e.g. ``"tool"``) appended after a policy
+        turn: the chat template's own markers for that role, then the generation prompt of the next
+        assistant turn. ``closed``: the turn ended with EOS (else the template's end of the assistant
+        turn is added here, as an environment token). Without a chat template: ``text`` as is.
+
+        The template is rendered for a probe conversation with and without the message; what the
+        message adds after the probe assistant turn's EOS is the suffix. Token-in, token-out: these ids
+        are appended to the sampled ones, never re-rendered with them."""
+        if not self.chat:
+            return self.encode(text)
+        probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "\x00probe\x00"}]
+        tpl = self.tokenizer.apply_chat_template
+        before = tpl(probe, tokenize=False)
+        after = tpl(probe + [{"role": role, "content": text.strip()}], tokenize=False, add_generation_prompt=True)
+        cut = before.index("\x00probe\x00") + len("\x00probe\x00")
+        eos = self.tokenizer.eos_token or ""
+        if closed and eos and before[cut:].startswith(eos):
+            cut += len(eos)  # the sampled turn already ends with EOS
+        if after[:cut] != before[:cut]:
+            raise WarmstartError(f"the chat template renders earlier turns differently once a {role!r} message follows; "
+                                 "a tool message cannot be appended token-in, token-out with it.")
+        return self.encode(after[cut:])
 
     def decode(self, ids: list[int]) -> str:
         """Text of generated ids, without EOS/pad."""

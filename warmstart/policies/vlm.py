@@ -387,6 +387,7 @@ class VLMPolicy:
 
     # continuations are plain text: the text policy's own encode/decode (they read only the tokenizer)
     encode = LMPolicy.encode
+    encode_message = LMPolicy.encode_message
     decode = LMPolicy.decode
 
     # ---------------------------------------------------------------------------------- sampling

@@ -11,8 +11,9 @@ The loop, for a batch of episodes (``samples`` of each problem, one GRPO group p
 A task without ``respond`` (not :class:`~warmstart.contracts.RespondsToTurns`: a single-turn task, or
 none at all) ends every episode after its first turn. Token-in, token-out: the context of turn k is exactly the
 token ids sampled and appended so far, never a re-rendered conversation. Environment messages are
-tokenised with ``policy.encode`` as plain text: a task talking to a chat model formats its message
-(role markers and all) itself.
+tokenised with ``policy.encode`` as plain text, or -- when the task names the message's ``role``
+(e.g. ``"tool"``) -- with ``policy.encode_message``, which wraps it in the chat template's markers for
+that role (plain text for a policy without a template).
 
 After the loop, ``rewards`` (a :class:`~warmstart.rewards.RewardSet`) scores the episodes when given:
 whole-episode terms go to ``episode.rewards``, per-turn terms to ``episode.turn_rewards[k]``, and
@@ -99,7 +100,12 @@ def rollout(
     episodes: list[Episode] = []
     for i, prob in enumerate(problems):
         # a VLM's prompt ids hold its images' placeholder tokens, so the images go into the encoding too
-        pids = policy.encode_prompt(prob.prompt, prob.images) if prob.images else policy.encode_prompt(prob.prompt)
+        if prob.images:
+            pids = policy.encode_prompt(prob.prompt, prob.images)
+        elif prob.tools:  # a chat policy renders the tool schemas with its template
+            pids = policy.encode_prompt(prob.prompt, tools=prob.tools)
+        else:
+            pids = policy.encode_prompt(prob.prompt)
         images = list(prob.images)
         for _ in range(samples):
             episodes.append(Episode(prompt=prob.prompt, prompt_ids=list(pids), group=group_offset + i, images=images,
@@ -130,7 +136,12 @@ def rollout(
             e.turn_rewards[turn] = dict(res.rewards)
             if res.done or res.message is None or turn + 1 >= turns:
                 continue
-            e.add_env(policy.encode(res.message))
+            # a message with a role (a tool's output) is wrapped in the policy's chat template for that role
+            if res.role:
+                closed = bool(ids) and ids[-1] == policy.eos_id  # a turn cut at its limit has no end marker yet
+                e.add_env(policy.encode_message(res.message, res.role, closed))
+            else:
+                e.add_env(policy.encode(res.message))
             still.append(i)
         active = still
     dt = time.time() - t0

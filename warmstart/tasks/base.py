@@ -26,6 +26,9 @@ class TurnResult:
     rewards: dict[str, float] = field(default_factory=dict)
     message: str | None = None
     done: bool = False
+    # who speaks ``message``: None = plain text appended as is; a chat role (e.g. "tool") lets a chat
+    # policy wrap it in its template's markers for that role (see LMPolicy.encode_message)
+    role: str | None = None
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Problem:
     solution: str | None = None  # full completion text of a demonstration (steps + marker + answer)
     info: dict[str, Any] = field(default_factory=dict)
     images: list[Any] = field(default_factory=list)  # PIL images or arrays shown with the prompt (VLM policies)
+    tools: list[dict] = field(default_factory=list)  # JSON schemas a chat policy shows in its prompt (apply_chat_template(tools=))
 
 
 _NUM_CLEAN = re.compile(r"[,\s$%]")

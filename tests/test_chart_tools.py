@@ -1,0 +1,195 @@
+"""The chart task's tool-call loop on the one multi-turn rollout: scripted demos executed against the
+tools, error observations that never stop an episode, observation tokens without gradient, the
+server started and stopped with a run, and token-in/token-out with a real chat template (SmolLM2's
+tokenizer, a template that renders tool schemas)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from warmstart.engine.config import load_recipe
+from warmstart.engine.run import run_recipe
+from warmstart.episode import Episode, collate
+from warmstart.learn.grpo import GRPOConfig, policy_gradient_loss
+from warmstart.policies.lm import LMPolicy, LMPolicyConfig, make_lm_policy
+from warmstart.rollout import Sampling, rollout
+from warmstart.tasks.base import Problem
+from warmstart.tasks.chart import ChartTask, ChartTaskConfig
+from warmstart.tools.actions import format_action
+from warmstart.tools.server import _SHARED
+
+from test_tools import _children_serving
+
+ROOT_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _task(**kw) -> ChartTask:
+    cfg = ChartTaskConfig(n_train=50, n_demos=30, n_test=20, tools={"serve": "in_process"}, **kw)
+    return ChartTask(cfg, "train")
+
+
+def _policy():
+    return make_lm_policy(LMPolicyConfig(hidden_size=32, num_layers=1, num_heads=2, max_position=768))
+
+
+def test_problems_need_exact_values():
+    t = _task()
+    for p in t.problems[:30]:
+        chart, q = p.info["chart"], p.info["question"]
+        shown = [int(x.split("~")[1]) for x in p.prompt.split("\n")[0].split()]
+        assert all(abs(s - v) <= 2.5 and s % 5 == 0 for s, v in zip(shown, chart["values"]))  # rounded to 5
+        if q == "value":
+            assert p.answer == str(chart["values"][chart["labels"].index(p.info["about"][0])])
+        elif q == "max":
+            assert p.answer == str(max(chart["values"]))
+    test = ChartTask(t.cfg, "test")
+    assert {p.prompt for p in test.problems}.isdisjoint(p.prompt for p in t.problems)
+    t.close(), test.close()
+
+
+def test_respond_runs_tools_and_terminate_scores():
+    t = _task()
+    p = next(p for p in t.problems if p.info["question"] == "value")
+    lab = p.info["about"][0]
+    e = Episode(prompt=p.prompt, prompt_ids=[1], info={"answer": p.answer, **p.info})
+    e.add_turn([5], [0.0], format_action("read_value", {"label": lab}))
+    r = t.respond(e, 0)
+    assert not r.done and r.role == "tool" and r.message == f"\nOBSERVATION: {p.answer}\n"
+    e.add_turn([5], [0.0], "this is not json")
+    r = t.respond(e, 1)
+    assert not r.done and r.message.startswith("\nOBSERVATION: ERROR (bad_action)")
+    e.add_turn([5], [0.0], format_action("zoom", {"first": "A"}))  # a required argument missing
+    assert "ERROR (malformed_args)" in t.respond(e, 2).message
+    e.add_turn([5], [0.0], format_action("terminate", {"answer": p.answer}))
+    r = t.respond(e, 3)
+    assert r.done and r.rewards == {"correct": 1.0}
+    m = t.turn_metrics([e])
+    assert m["accuracy"] == 1.0 and m["tool_calls_per_episode"] == 3 and m["tool_success_rate"] == pytest.approx(1 / 3)
+    assert m["tool_errors"] == 2 and m["tool_errors/bad_action"] == 1 and m["tool_errors/malformed_args"] == 1
+    # out of turns without terminate: reward 0, the episode ends
+    t.max_turns = 1
+    e2 = Episode(prompt=p.prompt, prompt_ids=[1], info={"answer": p.answer, **p.info})
+    e2.add_turn([5], [0.0], format_action("read_value", {"label": lab}))
+    assert t.respond(e2, 0).done and t.respond(e2, 0).rewards["correct"] == 0.0
+    t.close()
+
+
+def test_demos_are_executed_trajectories_with_masked_observations():
+    t, pol = _task(direct_fraction=0.0), _policy()
+    demos = t.demo_episodes(pol)
+    assert len(demos) == 30  # every scripted trajectory reaches the right answer
+    for e in demos:
+        e.check()
+        assert t.is_correct("".join(e.turn_texts), e.info["answer"])
+        # policy turns are exactly the encoded actions (+EOS); everything between them is masked
+        for (s0, s1), text in zip(e.turns, e.turn_texts):
+            assert e.ids[s0:s1] == pol.encode(text) + [pol.eos_id] and all(e.action_mask[s0:s1])
+        env = [i for i, m in enumerate(e.action_mask) if not m]
+        assert pol.decode([e.ids[i] for i in env]).count("OBSERVATION:") == len(e.turns) - 1
+    assert t.tools.stats.calls >= 30 and t.tools.stats.ok == t.tools.stats.calls
+    t.close()
+
+
+def test_observation_tokens_get_no_gradient():
+    t, pol = _task(direct_fraction=0.0), _policy()
+    demos = t.demo_episodes(pol)[:4]
+    t.close()
+    for e in demos:
+        e.reward = 1.0
+    batch = collate(demos, pol.pad_id)
+    env = (~batch.action_mask) & (batch.attention_mask[:, 1:] > 0)
+    assert env.sum() > 20  # observations and the prompt are in the sequence...
+    adv = torch.ones_like(batch.old_logprobs)
+    cfg = GRPOConfig()
+    base = policy_gradient_loss(pol, batch, adv, cfg)["loss"]
+    # ...but nothing at their positions changes the loss, so they get no gradient
+    adv2 = torch.where(env, torch.full_like(adv, 100.0), adv)
+    old2 = torch.where(env, torch.full_like(adv, -7.0), batch.old_logprobs)
+    batch.old_logprobs = old2
+    assert torch.equal(policy_gradient_loss(pol, batch, adv2, cfg)["loss"], base)
+
+
+@pytest.mark.slow  # a whole smoke run with a tool server process
+def test_tool_server_starts_and_stops_with_the_run(tmp_path):
+    recipe, raw = load_recipe(ROOT_RECIPES / "vtoolrl.yaml", smoke=True)
+    assert recipe.task.tools.serve == "http"
+    seen = []
+    import warmstart.tasks.chart as chart_mod
+
+    orig = chart_mod.ChartTask.respond
+
+    def spy(self, episode, turn):
+        seen.extend(_children_serving())
+        return orig(self, episode, turn)
+
+    chart_mod.ChartTask.respond = spy
+    try:
+        run_recipe(recipe, raw, run_dir=tmp_path / "run", smoke=True, quiet=True)
+    finally:
+        chart_mod.ChartTask.respond = orig
+    assert seen, "no tool server was running during the run"
+    assert not _children_serving() and not _SHARED  # stopped with the run: no orphan
+
+
+def test_trained_tokens_are_sampled_plus_env_tokens_with_a_chat_template():
+    """SmolLM2's tokenizer with a chat template that renders tools: the prompt is the template's
+    rendering with the tool schemas, each tool message is the template's tool turn, and the tokens a
+    learner trains on are exactly the sampled ones plus those environment tokens."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from warmstart.policies.pretrained import smollm2_path
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_path()), local_files_only=True)
+    tok.chat_template = (  # ChatML, as SmolLM2's own, plus the tools (SmolLM2's template ignores tools=)
+        "{% if tools %}<|im_start|>system\nTools: {% for t in tools %}{{ t | tojson }} {% endfor %}<|im_end|>\n{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=2048,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    pol = LMPolicy(model, tok)
+    task = _task(max_context=2048, max_turns=3)
+    schemas = task.tools.schemas()
+    prob = task.problems[0]
+    prob = Problem(prob.prompt, prob.answer, info=prob.info, tools=schemas)
+    sampled = []
+    orig_sample = pol.sample
+
+    def spy(prompts, *a, **kw):
+        out = orig_sample(prompts, *a, **kw)
+        sampled.append([list(x) for x in out.ids])
+        return out
+
+    pol.sample = spy
+    eps, _ = rollout(pol, [prob], task=task, samples=2, sampling=Sampling(max_new_tokens=12, temperature=1.0),
+                     generator=torch.Generator().manual_seed(0))
+    task.close()
+    want_prompt = tok.apply_chat_template([{"role": "user", "content": prob.prompt}], tools=schemas,
+                                          add_generation_prompt=True, tokenize=True)
+    want_prompt = list(want_prompt["input_ids"] if hasattr(want_prompt, "keys") else want_prompt)
+    assert '"read_value"' in tok.decode(want_prompt)  # the schemas are in the prompt
+    batch = collate(eps, pol.pad_id)
+    for b, e in enumerate(eps):
+        assert e.prompt_ids == want_prompt and len(e.turns) == 3  # random model: bad actions, the episode goes on
+        # rebuild the sequence from what was sampled and what the environment appended, turn by turn
+        expect = list(want_prompt)
+        for k, (s0, s1) in enumerate(e.turns):
+            turn_ids = sampled[k][b]  # both episodes stay active for all 3 turns
+            assert e.ids[s0:s1] == turn_ids
+            expect += turn_ids
+            if k + 1 < len(e.turns):
+                env_ids = e.ids[s1 : e.turns[k + 1][0]]
+                env_text = tok.decode(env_ids)
+                closed = turn_ids[-1] == tok.eos_token_id  # else the env tokens close the assistant turn first
+                head = "\n<|im_start|>tool\nOBSERVATION: ERROR" if closed else "<|im_end|>\n<|im_start|>tool\nOBSERVATION: ERROR"
+                assert env_text.startswith(head), env_text
+                assert env_text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+                expect += env_ids
+        n = len(expect)
+        assert batch.input_ids[b, :n].tolist() == expect and int(batch.attention_mask[b].sum()) == n
+        # loss only on sampled tokens
+        p = len(e.prompt_ids)
+        assert batch.action_mask[b, p - 1 : p - 1 + len(e.ids)].tolist() == e.action_mask
+
