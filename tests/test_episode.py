@@ -34,7 +34,7 @@ class _LeafPolicy:
     def __init__(self, shape):
         self.lp = torch.full(shape, -1.0, requires_grad=True)
 
-    def forward_logprobs(self, input_ids, attention_mask, temperature=1.0, with_entropy=False):
+    def forward_logprobs(self, input_ids, attention_mask, temperature=1.0, with_entropy=False, action_mask=None):
         return (self.lp, torch.zeros_like(self.lp)) if with_entropy else self.lp
 
 

@@ -49,7 +49,8 @@ class TokenPolicy(Protocol):
     def sample(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                generator=None, batch_size: int | None = None, stop_ids: list[int] | None = None): ...
 
-    def forward_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False): ...
+    def forward_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,
+                         action_mask=None): ...  # action_mask (B, T-1): a policy may score only those positions (0 elsewhere)
 
     def save(self, path) -> None: ...
 

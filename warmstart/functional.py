@@ -260,6 +260,46 @@ def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, temperat
     return lp, ent
 
 
+HEAD_CHUNK_ELEMENTS = 2**24  # logits alive at once in head_logprobs: 64 MB of fp32, whatever the vocabulary
+
+
+def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                  temperature: float = 1.0, with_entropy: bool = False, chunk_elements: int = HEAD_CHUNK_ELEMENTS):
+    """Log-probs (N,) of ``targets`` (N,) under a linear LM head, at N chosen positions only.
+
+    ``hidden`` (N, H) are the final hidden states at those positions, ``weight`` (V, H) and ``bias``
+    (V,) | None the head. The logits are made ``chunk_elements // V`` positions at a time; when there
+    is more than one chunk each is recomputed in the backward pass (activation checkpointing) instead
+    of kept, so peak memory stays flat as the vocabulary or the batch grows. Returns ``lp`` or
+    ``(lp, entropy)`` (entropy per position, no gradient), the same values as :func:`token_logprobs`
+    and :func:`entropy_from_logits` on the full logits.
+    """
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    def piece(h, w, b, t):  # (n, H) -> (n,), (n,)
+        logits = F.linear(h, w, b)  # (n, V)
+        lp = token_logprobs(logits, t, temperature)
+        if not with_entropy:
+            return lp, None
+        with torch.no_grad():
+            ent = entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
+        return lp, ent
+
+    N, V = hidden.shape[0], weight.shape[0]
+    chunk = max(1, chunk_elements // V)
+    if N <= chunk:
+        lp, ent = piece(hidden, weight, bias, targets)
+    else:
+        grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+        parts = [checkpoint(piece, hidden[s : s + chunk], weight, bias, targets[s : s + chunk], use_reentrant=False)
+                 if grad else piece(hidden[s : s + chunk], weight, bias, targets[s : s + chunk])
+                 for s in range(0, N, chunk)]
+        lp = torch.cat([p[0] for p in parts])
+        ent = torch.cat([p[1] for p in parts]) if with_entropy else None
+    return (lp, ent) if with_entropy else lp
+
+
 # ------------------------------------------------------------------------------------ Shapley values
 # Shapley values of facts, and ProMed's Shapley information gain (SIG), as pure math.
 #

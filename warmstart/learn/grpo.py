@@ -88,7 +88,8 @@ def policy_gradient_loss(
     """
     mask = batch.action_mask
     kw = {"images": batch.images} if batch.images is not None else {}
-    lp, ent = policy.forward_logprobs(batch.input_ids, batch.attention_mask, cfg.temperature, with_entropy=True, **kw)
+    lp, ent = policy.forward_logprobs(batch.input_ids, batch.attention_mask, cfg.temperature, with_entropy=True,
+                                      action_mask=mask, **kw)  # (B, T-1): only action positions are scored
     pg, ratio, clipped = clipped_surrogate(lp, batch.old_logprobs, advantages, cfg.eps_low, cfg.eps_high)
     const = cfg.max_new_tokens or mask.shape[1]
     loss_policy = aggregate_loss(pg, mask, cfg.loss_aggregation, const, num_seqs, num_tokens)

@@ -36,7 +36,7 @@ def sft_update(policy, opt, episodes: list[Episode], max_grad_norm: float = 1.0,
     for bucket in length_buckets([len(e.prompt_ids) + len(e.ids) for e in episodes], max_buckets):
         batch = collate([episodes[i] for i in bucket], policy.pad_id)
         kw = {"images": batch.images} if batch.images is not None else {}
-        lp = policy.forward_logprobs(batch.input_ids, batch.attention_mask, **kw)  # (b, T-1)
+        lp = policy.forward_logprobs(batch.input_ids, batch.attention_mask, action_mask=batch.action_mask, **kw)  # (b, T-1)
         loss = -(lp * batch.action_mask).sum() / max(n_tok, 1)
         loss.backward()
         total += loss.item()

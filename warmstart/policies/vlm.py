@@ -476,9 +476,10 @@ class VLMPolicy:
         return logits + self.logit_bias.to(logits.dtype)
 
     def forward_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,
-                         images: Sequence[Sequence[Any]] | None = None):
+                         images: Sequence[Sequence[Any]] | None = None, action_mask=None):
         """Log-probs (B, T-1) of ``input_ids[:, 1:]`` given the images (and the entropy per position
-        when asked), as the text policy's."""
+        when asked), as the text policy's; every position is scored (``action_mask`` is accepted for
+        the common signature and not used)."""
         return logprobs_from_logits(self.logits(input_ids, attention_mask, images), input_ids, temperature, with_entropy)
 
     # --------------------------------------------------------------------------------- save/load

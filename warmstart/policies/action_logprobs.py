@@ -1,0 +1,134 @@
+"""Training log-probs of a causal LM computed only where a learner uses them.
+
+A learner differentiates the log-probs of *action* tokens (a completion, a turn) and nothing else,
+yet a plain ``model(input_ids).logits`` pays for the LM head and a vocabulary-wide log-softmax at
+every position, and a GRPO group forwards (and back-propagates) the same prompt G times. This module
+is the faster, exactly-equal path behind ``LMPolicy.forward_logprobs(..., action_mask=...)``:
+
+1. **Shared context prefixes.** Each row's context prefix is everything before its first action
+   token (single-turn GRPO: the prompt; a multi-turn episode: its first-turn prompt). Rows whose
+   prefixes are the same token ids are forwarded once through the decoder with its key/value cache
+   on; the cache is expanded to every row (an index select, differentiable) and the rest of each row
+   runs on top of it. The gradient of all G rows flows back into the one prefix forward, so loss and
+   gradients equal those of the G full sequences (to float rounding). This is what the KV-cache
+   sampler does at sampling time (it prefills each distinct prompt once and copies its cache rows).
+2. **The LM head at action positions only**, chunked (:func:`warmstart.functional.head_logprobs`).
+
+Only models whose head is a plain ``nn.Linear`` over the decoder's ``last_hidden_state`` qualify
+(Llama, Qwen2/3, Mistral, SmolLM2, ...); others (logit soft-capping or scaling, a wrapped head) use
+the plain full-logits path, see :func:`supports_action_logprobs`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from warmstart.functional import head_logprobs
+
+# config attributes that mean "the logits are not just lm_head(last_hidden_state)"
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def supports_action_logprobs(model) -> bool:
+    """Whether ``model``'s logits are exactly ``lm_head(get_decoder()(...).last_hidden_state)``."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear or not hasattr(model, "get_decoder"):
+        return False
+    cfg = getattr(model, "config", None)
+    return not any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS)
+
+
+def shared_prefixes(input_ids: torch.Tensor, action_mask: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """Rows with at least one action, their context-prefix lengths and which distinct prefix each has.
+
+    ``input_ids`` (B, T), ``action_mask`` (B, T-1) (target position t scores token t+1). A row's
+    prefix is input positions ``[0, L)`` with ``L = first action target position + 1``: the position
+    predicting the first action token closes it. Returns ``(rows, L (R,), inv (R,))`` where ``inv[r]``
+    numbers the distinct prefixes (same ids, same length) in order of first appearance.
+    """
+    act = action_mask.bool()
+    rows = act.any(1).nonzero().squeeze(1).tolist()
+    first = act.int().argmax(1)  # (B,) first action target position
+    keys: dict[tuple, int] = {}
+    inv, lens = [], []
+    for b in rows:
+        n = int(first[b]) + 1
+        inv.append(keys.setdefault(tuple(input_ids[b, :n].tolist()), len(keys)))
+        lens.append(n)
+    return rows, torch.tensor(lens, dtype=torch.long), torch.tensor(inv, dtype=torch.long)
+
+
+def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor,
+                    temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = True):
+    """Log-probs (B, T-1) of ``input_ids[:, 1:]`` at the positions set in ``action_mask`` (B, T-1), 0
+    elsewhere (and the entropy there, no gradient, when asked), for a right-padded batch.
+
+    With ``share_prefix`` rows that share a context prefix forward it once (see the module text);
+    without it, or when every prefix is distinct, one decoder forward over the whole batch. Either
+    way the LM head runs at the action positions only. ``model`` must pass
+    :func:`supports_action_logprobs`.
+    """
+    B, T = input_ids.shape
+    lp_out = torch.zeros(B, T - 1, dtype=torch.float32, device=input_ids.device)
+    ent_out = torch.zeros(B, T - 1, dtype=torch.float32, device=input_ids.device) if with_entropy else None
+    rows, L, inv = shared_prefixes(input_ids, action_mask)
+    if not rows:  # nothing to score: keep the graph connected so backward() still works
+        lp_out = lp_out + 0.0 * sum(p.sum() for p in model.parameters() if p.requires_grad)
+        return (lp_out, ent_out) if with_entropy else lp_out
+    rows_t = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
+    act = action_mask[rows_t].bool()  # (R, T-1)
+    r_idx, t_idx = act.nonzero(as_tuple=True)  # (N,), (N,): the scored positions
+    targets = input_ids[rows_t][r_idx, t_idx + 1]  # (N,)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    U = int(inv.max()) + 1
+    if not share_prefix or U == len(rows):
+        hidden = decoder(input_ids=input_ids[rows_t], attention_mask=attention_mask[rows_t]).last_hidden_state  # (R, T, H)
+        h = hidden[r_idx, t_idx]  # (N, H)
+    else:
+        h = _prefix_shared_hidden(decoder, input_ids[rows_t], attention_mask[rows_t], L, inv, U, r_idx, t_idx)
+    res = head_logprobs(h, head.weight, head.bias, targets, temperature, with_entropy)
+    lp, ent = res if with_entropy else (res, None)
+    b_idx = rows_t[r_idx]
+    lp_out = lp_out.index_put((b_idx, t_idx), lp)
+    if with_entropy:
+        ent_out[b_idx, t_idx] = ent
+        return lp_out, ent_out
+    return lp_out
+
+
+def _prefix_shared_hidden(decoder, ids, att, L, inv, U, r_idx, t_idx) -> torch.Tensor:
+    """Final hidden states (N, H) at target positions ``(r_idx, t_idx)`` of rows ``ids`` (R, T), with
+    each distinct prefix (lengths ``L`` (R,), ids ``inv`` (R,)) forwarded once.
+
+    Prefixes are right-padded to the longest (a padded query still sees its real predecessors, so no
+    attention row is empty); the suffixes (input positions ``L[r]`` .. row end) are right-padded too,
+    attend to the expanded cache through the 2-D mask [prefix mask | suffix mask], and carry their true
+    positions ``L[r] + i`` for the rotary embedding.
+    """
+    R, T = ids.shape
+    dev = ids.device
+    first_row = [int((inv == u).nonzero()[0]) for u in range(U)]
+    Lu = L[first_row]  # (U,)
+    P = int(Lu.max())
+    ar_p = torch.arange(P, device=dev)
+    pmask = (ar_p.unsqueeze(0) < Lu.unsqueeze(1)).long()  # (U, P)
+    pref = ids[first_row, :P] * pmask  # (U, P); columns past a prefix's end are padding (id 0, masked)
+    out = decoder(input_ids=pref, attention_mask=pmask, use_cache=True)
+    h_pref = out.last_hidden_state  # (U, P, H)
+    cache = out.cache  # transformers 5.x name (was past_key_values)
+    cache.reorder_cache(inv.to(dev))  # (U, ...) -> (R, ...): every row gets its prefix's keys/values
+    lengths = att.sum(1)  # (R,)
+    S = int((lengths - L).max())  # longest suffix
+    ar_s = torch.arange(S, device=dev)
+    src = (L.unsqueeze(1) + ar_s.unsqueeze(0)).clamp(max=T - 1)  # (R, S) input column of each suffix slot
+    smask = (ar_s.unsqueeze(0) < (lengths - L).unsqueeze(1)).long()  # (R, S)
+    suffix = ids.gather(1, src) * smask
+    full_mask = torch.cat([pmask[inv], smask], dim=1)  # (R, P + S)
+    h_suf = decoder(input_ids=suffix, attention_mask=full_mask, position_ids=L.unsqueeze(1) + ar_s.unsqueeze(0),
+                    cache=cache).last_hidden_state  # (R, S, H)
+    # target position t of row r reads the hidden state at input position t: the prefix's last
+    # position (t = L - 1) or suffix slot t - L
+    in_prefix = (t_idx < L[r_idx]).unsqueeze(1)  # (N, 1)
+    hp = h_pref[inv[r_idx], t_idx.clamp(max=P - 1)]
+    hs = h_suf[r_idx, (t_idx - L[r_idx]).clamp(min=0, max=max(S - 1, 0))] if S > 0 else hp
+    return torch.where(in_prefix, hp, hs)
