@@ -16,6 +16,14 @@ so it includes everything TRL does for a step (data loading, generation, rewards
 optimizer). The first ``--warmup`` steps of each are discarded.
 
     .venv/bin/python benchmarks/grpo_vs_trl.py [--steps 10] [--warmup 2]
+
+``--model DIR`` (or ``--model smollm2``: the converted SmolLM2-135M-Instruct) runs the same
+comparison on a real pretrained model: chat-formatted word problems (both systems apply the
+tokenizer's chat template), a reward for the number on the final ``####`` line, 4 prompts x G = 4,
+<= 64 new tokens. ``--plain`` adds a third arm, warmstart's pre-issue-19 training forward (full
+logits at every position, every row's prompt forwarded on its own), to show what prompt sharing and
+action-position logits buy. Peak memory is each step's resident-set high-water mark above its
+start, sampled every 5 ms (the systems share one process, so process-wide peaks cannot separate them).
 """
 
 from __future__ import annotations
@@ -32,19 +40,64 @@ from pathlib import Path
 import torch
 
 PROMPTS_PER_STEP, GROUP, MAX_NEW, LR = 8, 8, 32, 1e-4
+MARKER = "#"  # the answer follows the last marker: '#' for the tiny model's arithmetic, '####' for word problems
 
 
 def reward_text(completion: str, answer: str) -> float:
-    """The shared reward: 1 for the right answer after the last '#', plus a small bonus for digits."""
-    i = completion.rfind("#")
-    right = 1.0 if i >= 0 and completion[i + 1 :].strip()[:1] == answer else 0.0
+    """The shared reward: 1 for the right answer after the last marker, plus a small bonus for digits."""
+    i = completion.rfind(MARKER)
+    got = completion[i + len(MARKER) :].strip().split("\n")[0].strip() if i >= 0 else ""
+    right = 1.0 if i >= 0 and (got[:1] == answer if MARKER == "#" else got == answer) else 0.0
     return right + 0.01 * sum(c.isdigit() for c in completion)
+
+
+def word_problems(n: int, seed: int = 0):
+    """``n`` short GSM8K-style word problems (a count changed by one or two steps), as Problems."""
+    import random
+
+    from warmstart.tasks.base import Problem
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        name, thing = rng.choice(["Mia", "Tom", "Ava", "Leo", "Sam"]), rng.choice(["apples", "pencils", "marbles", "books"])
+        a, b, c = rng.randint(2, 12), rng.randint(2, 12), rng.randint(1, 5)
+        text = f"{name} has {a} {thing}. {name} buys {b} more {thing}, then gives away {c}. How many {thing} does {name} have now?"
+        out.append(Problem(prompt=text + "\nWrite the final answer on the last line as '#### <number>'.", answer=str(a + b - c)))
+    return out
+
+
+class PeakRSS:
+    """Resident-set high-water mark above a starting point, sampled every 5 ms by a thread."""
+
+    def __init__(self):
+        import threading
+
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def _run(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def stop(self) -> float:
+        """Stop sampling; the peak above the start, in MB."""
+        self._stop.set()
+        self._t.join()
+        return (max(self.peak, self._rss()) - self.base) / 2**20
 
 
 # ------------------------------------------------------------------------------------- warmstart
 
 
-def build_warmstart(tmp: Path, problems, total_steps: int):
+def build_warmstart(tmp: Path, problems, total_steps: int, model_dir: str | None = None):
     """A RunContext and a GRPO phase built from a recipe dict, with the benchmark's reward registered
     as a plug-in (what a user would do for their own reward)."""
     from pydantic import Field  # noqa: F401
@@ -56,10 +109,11 @@ def build_warmstart(tmp: Path, problems, total_steps: int):
     class BenchRewardConfig(RewardConfig):
         kind: str = "bench_reward"
 
-    @REWARDS.register("bench_reward", BenchRewardConfig)
-    def bench_reward(cfg):
-        """grpo_vs_trl.py's shared reward."""
-        return lambda e: reward_text(e.text, e.info["answer"])
+    if "bench_reward" not in REWARDS:
+        @REWARDS.register("bench_reward", BenchRewardConfig)
+        def bench_reward(cfg):
+            """grpo_vs_trl.py's shared reward."""
+            return lambda e: reward_text(e.text, e.info["answer"])
 
     path = tmp / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n" for p in problems))
@@ -67,7 +121,8 @@ def build_warmstart(tmp: Path, problems, total_steps: int):
         "name": "grpo_vs_trl",
         "seed": 0,
         "task": {"kind": "jsonl", "path": str(path), "test_fraction": 0.01, "max_new_tokens": MAX_NEW},
-        "policy": {"kind": "lm", "hidden_size": 128, "num_layers": 4, "num_heads": 4, "max_position": 128},
+        "policy": ({"kind": "lm", "path": model_dir} if model_dir else
+                   {"kind": "lm", "hidden_size": 128, "num_layers": 4, "num_heads": 4, "max_position": 128}),
         "rewards": [{"kind": "bench_reward"}],
         "phases": [{
             "kind": "grpo", "steps": total_steps, "prompts_per_step": PROMPTS_PER_STEP, "group_size": GROUP,
@@ -85,15 +140,19 @@ def build_warmstart(tmp: Path, problems, total_steps: int):
 # ------------------------------------------------------------------------------------------- TRL
 
 
-def build_trl(model, tokenizer, problems, total_steps: int, out_dir: Path, callback):
+def build_trl(model, tokenizer, problems, total_steps: int, out_dir: Path, callback, chat: bool = False):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    bos = tokenizer.bos_token  # warmstart prompts are BOS + text; "<s>" is read as the BOS special token
-    ds = Dataset.from_list([{"prompt": bos + p.prompt, "answer": p.answer} for p in problems])
+    if chat:  # conversational prompts: TRL applies the tokenizer's chat template, as warmstart's encode_prompt
+        ds = Dataset.from_list([{"prompt": [{"role": "user", "content": p.prompt}], "answer": p.answer} for p in problems])
+    else:
+        bos = tokenizer.bos_token  # warmstart prompts are BOS + text; "<s>" is read as the BOS special token
+        ds = Dataset.from_list([{"prompt": bos + p.prompt, "answer": p.answer} for p in problems])
 
     def trl_reward(prompts, completions, answer, **kw):
-        return [reward_text(c, a) for c, a in zip(completions, answer)]
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]  # conversational: messages
+        return [reward_text(t, a) for t, a in zip(texts, answer)]
 
     args = GRPOConfig(
         output_dir=str(out_dir),
@@ -132,65 +191,107 @@ def build_trl(model, tokenizer, problems, total_steps: int, out_dir: Path, callb
                        processing_class=tokenizer, callbacks=[callback])
 
 
+def plain_forward(policy):
+    """Make ``policy`` train the pre-issue-19 way: full logits at every position, no shared prompts."""
+    from warmstart.policies.lm import LMPolicy
+
+    def forward_logprobs(input_ids, attention_mask, temperature=1.0, with_entropy=False, action_mask=None):
+        return LMPolicy.forward_logprobs(policy, input_ids, attention_mask, temperature, with_entropy)
+
+    policy.forward_logprobs = forward_logprobs
+
+
 def main() -> None:
+    global PROMPTS_PER_STEP, GROUP, MAX_NEW, MARKER
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=10, help="timed steps of each system")
     ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps of each system")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads for both systems (default: torch's choice, one per core)")
+    ap.add_argument("--model", default=None,
+                    help="a local HF model directory (or 'smollm2') instead of the tiny Llama: chat word problems, 4 x G=4, <= 64 tokens")
+    ap.add_argument("--plain", action="store_true", help="also time warmstart's plain training forward (no prompt sharing, full logits)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     cmd = "OMP_NUM_THREADS=%s " % __import__("os").environ["OMP_NUM_THREADS"] if "OMP_NUM_THREADS" in __import__("os").environ else ""
     cmd += ".venv/bin/python " + " ".join(shlex.quote(x) for x in sys.argv)
     print(f"command: {cmd}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average at start {__import__('os').getloadavg()}")
 
     import copy
     import trl
     from transformers import TrainerCallback
 
     from warmstart.engine.logging import quiet_hf
-    from warmstart.tasks.arithmetic import ChainArithmetic, ChainArithmeticConfig
 
     quiet_hf()
     total = a.steps + a.warmup
-    task = ChainArithmetic(ChainArithmeticConfig(n_demos=PROMPTS_PER_STEP * (total + 4), n_test=1), split="train")
-    problems = task.problems
+    model_dir = a.model
+    if model_dir == "smollm2":
+        from warmstart.policies.pretrained import smollm2_path
+
+        model_dir = str(smollm2_path())
+    if model_dir:
+        PROMPTS_PER_STEP, GROUP, MAX_NEW, MARKER = 4, 4, 64, "####"
+        problems = word_problems(PROMPTS_PER_STEP * (total + 4) * (2 + a.plain))
+    else:
+        from warmstart.tasks.arithmetic import ChainArithmetic, ChainArithmeticConfig
+
+        task = ChainArithmetic(ChainArithmeticConfig(n_demos=PROMPTS_PER_STEP * (total + 4), n_test=1), split="train")
+        problems = task.problems
     tmp = Path(tempfile.mkdtemp(prefix="grpo_vs_trl-"))
-    ctx, phase = build_warmstart(tmp, problems, total)
+    arms = {"warmstart": build_warmstart(tmp, problems, total, model_dir)}
+    if a.plain:
+        (tmp / "plain").mkdir()
+        arms["ws plain"] = build_warmstart(tmp / "plain", problems, total, model_dir)
+        arms["ws plain"][1].policy.model.load_state_dict(arms["warmstart"][0].policy.model.state_dict())
+        plain_forward(arms["ws plain"][0].policy)
+    ctx = arms["warmstart"][0]
     trl_model = copy.deepcopy(ctx.policy.model)  # same initial weights
     tokenizer = copy.deepcopy(ctx.policy.tokenizer)
     n_params = sum(p.numel() for p in trl_model.parameters())
-
-    rec = {"ws_time": [], "ws_tok": [], "ws_gen": [], "trl_time": [], "trl_tok": [], "trl_gen": []}
+    names = ["TRL", *arms]
+    rec = {n: {"time": [], "cpu": [], "tok": [], "gen": [], "mem": []} for n in names}
     trl_gen = [0.0]  # generation time of the current TRL step
 
     class Interleave(TrainerCallback):
         def __init__(self):
-            self.t_mark = None
+            self.t_mark = self.c_mark = None
+            self.mem = None
 
         def on_train_begin(self, args, state, control, **kw):
-            self.t_mark = time.perf_counter()
+            self.mem = PeakRSS()
+            self.t_mark, self.c_mark = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
-            t_trl = time.perf_counter() - self.t_mark
+            t_trl, c_trl = time.perf_counter() - self.t_mark, time.process_time() - self.c_mark
+            r = rec["TRL"]
+            r["cpu"].append(c_trl)
+            r["mem"].append(self.mem.stop())
             lens = trainer._metrics["train"]["completions/mean_length"]
-            rec["trl_time"].append(t_trl)
-            rec["trl_tok"].append(lens[-1] if lens else float("nan"))
-            rec["trl_gen"].append(trl_gen[0])
+            r["time"].append(t_trl)
+            r["tok"].append(lens[-1] if lens else float("nan"))
+            r["gen"].append(trl_gen[0])
             trl_gen[0] = 0.0
-            k = len(rec["ws_time"])
-            t0 = time.perf_counter()
-            m = phase.step(k, k)
-            rec["ws_time"].append(time.perf_counter() - t0)
-            rec["ws_tok"].append(m["completion_tokens"])
-            rec["ws_gen"].append(m["completion_tokens"] * PROMPTS_PER_STEP * GROUP / m["sample_tokens_per_s"])
-            print(f"  step {k + 1:>3}/{total}: TRL {t_trl:6.2f} s ({rec['trl_tok'][-1]:.1f} tok/row)   "
-                  f"warmstart {rec['ws_time'][-1]:6.2f} s ({m['completion_tokens']:.1f} tok/row)", flush=True)
-            self.t_mark = time.perf_counter()
+            k = len(rec["warmstart"]["time"])
+            line = f"  step {k + 1:>3}/{total}: TRL {t_trl:6.2f} s ({r['tok'][-1]:.1f} tok/row)"
+            for name, (_, phase) in arms.items():
+                mem = PeakRSS()
+                t0, c0 = time.perf_counter(), time.process_time()
+                m = phase.step(k, k)
+                r = rec[name]
+                r["time"].append(time.perf_counter() - t0)
+                r["cpu"].append(time.process_time() - c0)
+                r["mem"].append(mem.stop())
+                r["tok"].append(m["completion_tokens"])
+                r["gen"].append(m["completion_tokens"] * PROMPTS_PER_STEP * GROUP / m["sample_tokens_per_s"])
+                line += f"   {name} {r['time'][-1]:6.2f} s ({m['completion_tokens']:.1f} tok/row)"
+            print(line, flush=True)
+            self.mem = PeakRSS()
+            self.t_mark, self.c_mark = time.perf_counter(), time.process_time()
 
-    trainer = build_trl(trl_model, tokenizer, problems, total, tmp / "trl", Interleave())
+    trainer = build_trl(trl_model, tokenizer, problems, total, tmp / "trl", Interleave(), chat=bool(model_dir))
     assert not trainer.args.gradient_checkpointing and not trainer.args.bf16
     gen_fn = trainer._generate_single_turn  # timed for the breakdown only (TRL's generation call)
 
@@ -205,26 +306,36 @@ def main() -> None:
     trainer.train()
 
     w = a.warmup
-    ws_t, trl_t = rec["ws_time"][w:], rec["trl_time"][w:]
-    ws_tok, trl_tok = statistics.mean(rec["ws_tok"][w:]), statistics.mean(rec["trl_tok"][w:])
     n = PROMPTS_PER_STEP * GROUP
-    ws_sps, trl_sps = len(ws_t) / sum(ws_t), len(trl_t) / sum(trl_t)
-    ws_tps, trl_tps = ws_sps * ws_tok * n, trl_sps * trl_tok * n
+    what = f"{Path(model_dir).name} (chat word problems)" if model_dir else "tiny Llama"
     print()
     print(f"GRPO step: {PROMPTS_PER_STEP} prompts x G={GROUP} = {n} completions, <= {MAX_NEW} new tokens, beta=0, mu=1, "
-          f"fp32 CPU; tiny Llama {n_params / 1e6:.2f}M params; {len(ws_t)} timed steps each after {w} warm-up, interleaved")
+          f"fp32 CPU; {what} {n_params / 1e6:.2f}M params; {a.steps} timed steps each after {w} warm-up, interleaved")
     print(f"TRL {trl.__version__}: use_cpu, bf16 off, gradient_checkpointing off, no logging/saving/tqdm")
+    print(f"load average at end {__import__('os').getloadavg()}")
     print()
-    ws_g, trl_g = statistics.mean(rec["ws_gen"][w:]), statistics.mean(rec["trl_gen"][w:])
-    ws_s, trl_s = sum(ws_t) / len(ws_t), sum(trl_t) / len(trl_t)
-    print("| system    | steps/s | s/step (mean) | generation s/step | rest s/step | completion tokens/row | completion tokens/s |")
-    print("| --------- | ------- | ------------- | ----------------- | ----------- | --------------------- | ------------------- |")
-    print(f"| TRL       | {trl_sps:7.3f} | {trl_s:13.3f} | {trl_g:17.3f} | {trl_s - trl_g:11.3f} | {trl_tok:21.1f} | {trl_tps:19.0f} |")
-    print(f"| warmstart | {ws_sps:7.3f} | {ws_s:13.3f} | {ws_g:17.3f} | {ws_s - ws_g:11.3f} | {ws_tok:21.1f} | {ws_tps:19.0f} |")
-    print(f"| ws / TRL  | {ws_sps / trl_sps:6.2f}x | | {trl_g / ws_g:16.2f}x | {(trl_s - trl_g) / (ws_s - ws_g):10.2f}x | | {ws_tps / trl_tps:18.2f}x |")
-    print("(ratios are speed-ups: TRL time / warmstart time; 'rest' = rewards, loss, backward, optimizer, overhead)")
+    stats = {}
+    for name in names:
+        r = rec[name]
+        t = r["time"][w:]
+        s_step, gen, tok = statistics.mean(t), statistics.mean(r["gen"][w:]), statistics.mean(r["tok"][w:])
+        stats[name] = (1 / s_step, s_step, gen, s_step - gen, tok, tok * n / s_step, max(r["mem"][w:]),
+                       statistics.median(r["cpu"][w:]))
+    print("| system    | steps/s | s/step (mean) | generation s/step | rest s/step | completion tokens/row | completion tokens/s | peak step memory MB | CPU s/step (median) |")
+    print("| --------- | ------- | ------------- | ----------------- | ----------- | --------------------- | ------------------- | ------------------- | ------------------- |")
+    for name in names:
+        sps, s_step, gen, rest, tok, tps, mem, cpu = stats[name]
+        print(f"| {name:<9} | {sps:7.3f} | {s_step:13.3f} | {gen:17.3f} | {rest:11.3f} | {tok:21.1f} | {tps:19.0f} | {mem:19.0f} | {cpu:19.2f} |")
+    t = stats["TRL"]
+    for name in arms:
+        x = stats[name]
+        print(f"| {name[:5] + ' / TRL':<9} | {x[0] / t[0]:6.2f}x | | {t[2] / x[2]:16.2f}x | {t[3] / x[3]:10.2f}x | | {x[5] / t[5]:18.2f}x | | {t[7] / x[7]:18.2f}x |")
+    print("(ratios are speed-ups: TRL time / warmstart time; 'rest' = rewards, loss, backward, optimizer, overhead;")
+    print(" peak step memory = resident-set high-water mark during a step above its start, max over timed steps;")
+    print(" CPU s = this process's CPU time: with one thread, the work done, whatever else loads the machine)")
     print()
-    print(f"target: warmstart >= 2x TRL steps/s -> {'MET' if ws_sps / trl_sps >= 2 else 'NOT MET'}")
+    ratio = stats["warmstart"][0] / t[0]
+    print(f"target: warmstart >= 2x TRL steps/s -> {'MET' if ratio >= 2 else 'NOT MET'} ({ratio:.2f}x)")
     print(f"command: {cmd}")
 
 
