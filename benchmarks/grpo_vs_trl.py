@@ -275,7 +275,7 @@ def main() -> None:
             r["gen"].append(trl_gen[0])
             trl_gen[0] = 0.0
             k = len(rec["warmstart"]["time"])
-            line = f"  step {k + 1:>3}/{total}: TRL {t_trl:6.2f} s ({r['tok'][-1]:.1f} tok/row)"
+            line = f"  step {k + 1:>3}/{total}: TRL {t_trl:6.2f} s, CPU {c_trl:6.2f} s ({r['tok'][-1]:.1f} tok/row)"
             for name, (_, phase) in arms.items():
                 mem = PeakRSS()
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -286,7 +286,7 @@ def main() -> None:
                 r["mem"].append(mem.stop())
                 r["tok"].append(m["completion_tokens"])
                 r["gen"].append(m["completion_tokens"] * PROMPTS_PER_STEP * GROUP / m["sample_tokens_per_s"])
-                line += f"   {name} {r['time'][-1]:6.2f} s ({m['completion_tokens']:.1f} tok/row)"
+                line += f"   {name} {r['time'][-1]:6.2f} s, CPU {r['cpu'][-1]:6.2f} s ({m['completion_tokens']:.1f} tok/row)"
             print(line, flush=True)
             self.mem = PeakRSS()
             self.t_mark, self.c_mark = time.perf_counter(), time.process_time()
