@@ -126,3 +126,16 @@ def test_models_with_transformed_logits_use_the_plain_path():
     assert supports_action_logprobs(policy.model)
     policy.model.config.final_logit_softcapping = 30.0  # Gemma-2 style: logits are not just the head
     assert not supports_action_logprobs(policy.model)
+
+
+def test_gradient_checkpointing_falls_back_to_one_forward():
+    # HF turns the key/value cache off under gradient checkpointing: rows then run on their own
+    policy = tiny_policy()
+    batch = collate(group_episodes(policy, random.Random(3), ["1+2", "3*4"], 2), policy.pad_id)
+    with torch.no_grad():
+        want = policy.forward_logprobs(batch.input_ids, batch.attention_mask)
+    (getattr(policy.model, "activation_checkpointing_enable", None) or policy.model.gradient_checkpointing_enable)()
+    policy.model.train()
+    got = policy.forward_logprobs(batch.input_ids, batch.attention_mask, action_mask=batch.action_mask)
+    m = batch.action_mask
+    assert torch.allclose(got[m], want[m], atol=ATOL)

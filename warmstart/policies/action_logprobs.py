@@ -55,7 +55,8 @@ def shared_prefixes(input_ids: torch.Tensor, action_mask: torch.Tensor) -> tuple
         n = int(first[b]) + 1
         inv.append(keys.setdefault(tuple(input_ids[b, :n].tolist()), len(keys)))
         lens.append(n)
-    return rows, torch.tensor(lens, dtype=torch.long), torch.tensor(inv, dtype=torch.long)
+    dev = input_ids.device
+    return rows, torch.tensor(lens, dtype=torch.long, device=dev), torch.tensor(inv, dtype=torch.long, device=dev)
 
 
 def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor,
@@ -81,6 +82,10 @@ def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     targets = input_ids[rows_t][r_idx, t_idx + 1]  # (N,)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     U = int(inv.max()) + 1
+    # HF turns the cache off under gradient checkpointing: then every row runs on its own
+    ckpt = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
+    ckpt = ckpt if ckpt is not None else getattr(model, "is_gradient_checkpointing", False)
+    share_prefix = share_prefix and not ckpt
     if not share_prefix or U == len(rows):
         hidden = decoder(input_ids=input_ids[rows_t], attention_mask=attention_mask[rows_t]).last_hidden_state  # (R, T, H)
         h = hidden[r_idx, t_idx]  # (N, H)
@@ -116,7 +121,7 @@ def _prefix_shared_hidden(decoder, ids, att, L, inv, U, r_idx, t_idx) -> torch.T
     out = decoder(input_ids=pref, attention_mask=pmask, use_cache=True)
     h_pref = out.last_hidden_state  # (U, P, H)
     cache = out.cache  # transformers 5.x name (was past_key_values)
-    cache.reorder_cache(inv.to(dev))  # (U, ...) -> (R, ...): every row gets its prefix's keys/values
+    cache.reorder_cache(inv)  # (U, ...) -> (R, ...): every row gets its prefix's keys/values
     lengths = att.sum(1)  # (R,)
     S = int((lengths - L).max())  # longest suffix
     ar_s = torch.arange(S, device=dev)
