@@ -25,13 +25,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = [  # (label, recipe)
-    ("STaR", "score-star.yaml"),
-    ("Pair-SFT", "score-pair-sft.yaml"),
-    ("naive multi-turn RL", "score-naive-rl.yaml"),
-    ("SCoRe (Stage I + II)", "score.yaml"),
+SETTINGS = {  # --setting: the recipes' name prefix
+    "chain": "score",          # no budget: attempt 1 may work the whole chain out (issue 5's table)
+    "budget": "score-budget",  # per-attempt token budget: attempt 1 works half the chain, a revision the rest
+}
+METHODS = [  # (label, recipe suffix)
+    ("STaR", "-star"),
+    ("Pair-SFT", "-pair-sft"),
+    ("naive multi-turn RL", "-naive-rl"),
+    ("SCoRe (Stage I + II)", ""),
 ]
-KEYS = ["acc@t1", "acc@t2", "delta", "delta_i2c", "delta_c2i", "changed", "worked@t1", "worked@t2"]
+KEYS = ["acc@t1", "acc@t2", "delta", "delta_i2c", "delta_c2i", "changed", "revised", "worked@t1", "worked@t2"]
+
+
+def recipe_path(setting: str, suffix: str = "") -> Path:
+    return ROOT / "recipes" / f"{SETTINGS[setting]}{suffix}.yaml"
 
 
 def _run(raw: dict, run_dir: Path) -> dict:
@@ -42,9 +50,10 @@ def _run(raw: dict, run_dir: Path) -> dict:
     return run_recipe(recipe, raw, run_dir=run_dir, quiet=True)
 
 
-def base_split(base: str, sets: list[str], samples: int = 2, seed: int = 0) -> dict:
+def base_split(base: str, sets: list[str], samples: int = 2, seed: int = 0, setting: str = "chain") -> dict:
     """Sample the base at T = 1 on the held-out problems (two attempts, ``samples`` per problem) and
-    split each attempt by strategy: share worked, accuracy of worked vs. answered-at-once attempts."""
+    split each attempt by strategy: share worked, accuracy of worked vs. answered-at-once attempts;
+    and attempt 2 by whether it rewrote attempt 1 (revised) or copied it, with the accuracy of each."""
     import torch
 
     from warmstart.engine.config import load_recipe
@@ -52,7 +61,7 @@ def base_split(base: str, sets: list[str], samples: int = 2, seed: int = 0) -> d
     from warmstart.registry import TASKS
     from warmstart.rollout import Sampling, rollout
 
-    rec, _ = load_recipe(ROOT / "recipes" / "score.yaml", sets)
+    rec, _ = load_recipe(recipe_path(setting), sets)
     task = TASKS.get(rec.task.kind).factory(rec.task, split="test", seed=0)
     policy = load_policy(base)
     problems = task.eval_problems(rec.task.n_test)
@@ -69,12 +78,19 @@ def base_split(base: str, sets: list[str], samples: int = 2, seed: int = 0) -> d
     # how often the base revises by working it out after answering at once
     after_once = [e for e in eps if task.step_separator not in e.turn_texts[0]]
     out["t2_worked_after_once"] = sum(task.step_separator in e.turn_texts[-1] for e in after_once) / max(len(after_once), 1)
+    rev = [task.is_correct(e.turn_texts[-1], e.info["answer"]) for e in eps if e.turn_texts[-1].strip() != e.turn_texts[0].strip()]
+    copy_ = [task.is_correct(e.turn_texts[-1], e.info["answer"]) for e in eps if e.turn_texts[-1].strip() == e.turn_texts[0].strip()]
+    out.update({"t2_revised_share": len(rev) / len(eps), "t2_revised_acc": sum(rev) / max(len(rev), 1),
+                "t2_copied_acc": sum(copy_) / max(len(copy_), 1)})
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--setting", choices=sorted(SETTINGS), default="chain",
+                    help="'chain': recipes/score*.yaml (no budget); 'budget': recipes/score-budget*.yaml (per-attempt token budget)")
+    ap.add_argument("--split", action="store_true", help="also measure each seed's SFT base at T = 1 (see base_split)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override applied to every recipe, repeatable")
     ap.add_argument("--shared-sft", action="store_true",
                     help="train the SFT warm start once (first seed) and start every seed's methods from it (saves CPU)")
@@ -89,8 +105,9 @@ def main() -> None:
 
     out = Path(args.out)
     split = None
+    splits: list[dict] = []
     if args.base:
-        split = base_split(args.base, args.sets)
+        split = base_split(args.base, args.sets, setting=args.setting)
         print(json.dumps({"base_split": split}), flush=True)
         if args.split_only:
             return
@@ -106,9 +123,9 @@ def main() -> None:
             if not rows["SFT base"]:
                 from warmstart.engine.eval import evaluate_checkpoint
                 from warmstart.engine.config import EvalConfig
-                rec, _ = load_recipe(ROOT / "recipes" / "score.yaml", args.sets)
+                rec, _ = load_recipe(recipe_path(args.setting), args.sets)
                 t0 = time.time()
-                ev, _ = evaluate_checkpoint(Path(base), str(ROOT / "recipes" / "score.yaml"), rec.eval, [])
+                ev, _ = evaluate_checkpoint(Path(base), str(recipe_path(args.setting)), rec.eval, [])
                 rows["SFT base"].append(ev)
                 times["SFT base"].append(time.time() - t0)
                 print(json.dumps({"seed": seed, "method": "SFT base", **{k: ev[k] for k in KEYS}}), flush=True)
@@ -121,7 +138,7 @@ def main() -> None:
             base = str(out / f"seed{args.seeds[0]}" / "sft" / "final")
         else:
             base = None
-        _, raw = load_recipe(ROOT / "recipes" / "score.yaml", [f"seed={seed}", *args.sets])
+        _, raw = load_recipe(recipe_path(args.setting), [f"seed={seed}", *args.sets])
         raw["phases"] = [p for p in raw["phases"] if p["kind"] == "sft"]
         if base is None:
             t0 = time.time()
@@ -130,14 +147,19 @@ def main() -> None:
             times.setdefault("SFT base", []).append(time.time() - t0)
             print(json.dumps({"seed": seed, "method": "SFT base", **{k: s["final"][k] for k in KEYS}}), flush=True)
             base = str(out / f"seed{seed}" / "sft" / "final")
+            if args.split:
+                sp = base_split(base, args.sets, setting=args.setting)
+                splits.append(sp)
+                print(json.dumps({"seed": seed, "base_split": sp}), flush=True)
         # 2. each method's learning phases from it
-        for label, recipe in METHODS:
-            _, raw = load_recipe(ROOT / "recipes" / recipe, [f"seed={seed}", *args.sets])
+        for label, suffix in METHODS:
+            recipe = recipe_path(args.setting, suffix)
+            _, raw = load_recipe(recipe, [f"seed={seed}", *args.sets])
             raw = copy.deepcopy(raw)
             raw["policy"] = {"kind": "lm", "path": base, "threads": raw["policy"].get("threads")}
             raw["phases"] = [p for p in raw["phases"] if p["kind"] != "sft"]
             t0 = time.time()
-            s = _run(raw, out / f"seed{seed}" / Path(recipe).stem)
+            s = _run(raw, out / f"seed{seed}" / recipe.stem)
             rows.setdefault(label, []).append(s["final"])
             times.setdefault(label, []).append(time.time() - t0)
             print(json.dumps({"seed": seed, "method": label, **{k: s["final"][k] for k in KEYS}}), flush=True)
@@ -158,6 +180,10 @@ def main() -> None:
             cells.append(f"{statistics.mean(v):{sign}.1f} ± {sd:.1f}")
         cells.append(f"{statistics.mean(times[label]):.0f}")
         print("| " + " | ".join(cells) + " |")
+    for seed, sp in zip(args.seeds, splits):
+        print(f"seed {seed} SFT base at T = 1 ({sp['samples']} samples): attempt 2 rewrote attempt 1 "
+              f"{100 * sp['t2_revised_share']:.1f}% of the time, then right {100 * sp['t2_revised_acc']:.1f}% vs "
+              f"{100 * sp['t2_copied_acc']:.1f}% when it copied; attempt 1 right {100 * sp['t1_worked_acc']:.1f}% (worked)")
     if split:
         print(f"\nSFT base at T = 1 ({split['samples']} samples): attempt 1 worked {100 * split['t1_worked_share']:.1f}% "
               f"of the time, right {100 * split['t1_worked_acc']:.1f}% when worked vs {100 * split['t1_once_acc']:.1f}% "
