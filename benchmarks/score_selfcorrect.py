@@ -9,7 +9,13 @@ mean ± sd over seeds) and the command that made it. Before that, the SFT base's
 attempts split into worked (step by step, with a ';') and answered at once, with the accuracy of
 each: the test is only fair if the worked strategy is reliably right and answering at once is not.
 
+``--setting budget`` runs ``recipes/score-budget*.yaml`` instead: each attempt has a token budget
+that fits half the chain, so attempt 1 cannot adopt the revision's strategy and a revision gains
+only by continuing attempt 1's steps; ``--split`` measures each seed's own SFT base at T = 1 (how
+often attempt 2 rewrites attempt 1, and how often it is then right vs. when it copies).
+
     OMP_NUM_THREADS=1 python benchmarks/score_selfcorrect.py --seeds 0 1 2 [--set key=value ...]
+    OMP_NUM_THREADS=1 python benchmarks/score_selfcorrect.py --setting budget --seeds 0 1 2 --split
 """
 
 from __future__ import annotations
@@ -85,6 +91,56 @@ def base_split(base: str, sets: list[str], samples: int = 2, seed: int = 0, sett
     return out
 
 
+HEADERS = {"acc@t1": "Acc@t1", "acc@t2": "Acc@t2", "delta": "Δ(t1,t2)", "delta_i2c": "Δ^{i→c}", "delta_c2i": "Δ^{c→i}",
+           "changed": "changed", "revised": "revised", "worked@t1": "worked@t1", "worked@t2": "worked@t2"}
+
+
+def print_table(rows: dict[str, list[dict]], times: dict[str, list[float]], seeds: list[int], cmd: str, wall: float,
+                splits: list[dict]) -> None:
+    """The markdown table (points, mean ± sd over seeds) and each seed's base split."""
+    n = rows["SFT base"][0].get("n", "eval.n")
+    print(f"\n# {cmd}")
+    print(f"seeds {seeds}; {n} held-out problems, greedy, 2 attempts; points (mean ± sd over seeds); total wall {wall:.0f} s")
+    hdr = ["method"] + [HEADERS[k] for k in KEYS] + ["wall s"]
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for label in [m for m in ["SFT base"] + [m for m, _ in METHODS] if m in rows]:
+        cells = [label]
+        for k in KEYS:
+            v = [100 * r[k] for r in rows[label] if k in r]
+            if not v:
+                cells.append("–")
+                continue
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            sign = "+" if k in ("delta",) else ""
+            cells.append(f"{statistics.mean(v):{sign}.1f} ± {sd:.1f}")
+        cells.append(f"{statistics.mean(times[label]):.0f}")
+        print("| " + " | ".join(cells) + " |")
+    for seed, sp in zip(seeds, splits):
+        print(f"seed {seed} SFT base at T = 1 ({sp['samples']} samples): attempt 2 rewrote attempt 1 "
+              f"{100 * sp['t2_revised_share']:.1f}% of the time, then right {100 * sp['t2_revised_acc']:.1f}% vs "
+              f"{100 * sp['t2_copied_acc']:.1f}% when it copied; attempt 1 right {100 * sp['t1_worked_acc']:.1f}% (worked)")
+
+
+def table_from_logs(paths: list[str], cmd: str) -> None:
+    """Rebuild the table from the JSON lines of runs made one seed per process (e.g. in parallel)."""
+    rows: dict[str, list[dict]] = {}
+    times: dict[str, list[float]] = {}
+    splits: dict[int, dict] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            rec = json.loads(line)
+            if "base_split" in rec and "seed" in rec:
+                splits[rec["seed"]] = rec["base_split"]
+            elif "method" in rec:
+                rows.setdefault(rec["method"], []).append(rec)
+                times.setdefault(rec["method"], []).append(rec.get("wall_s", float("nan")))
+    seeds = sorted({r["seed"] for r in rows["SFT base"]})
+    print_table(rows, times, seeds, cmd, float("nan"), [splits[s] for s in seeds if s in splits])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -98,8 +154,13 @@ def main() -> None:
                     help="an existing SFT warm start (a run's final/ of recipes/score.yaml's sft phase) to start every method from")
     ap.add_argument("--split-only", action="store_true", help="only measure the --base's worked vs. at-once accuracy")
     ap.add_argument("--out", default=str(ROOT / "runs" / f"bench-score-{time.strftime('%m%d-%H%M%S')}"))
+    ap.add_argument("--from-logs", nargs="+", default=None,
+                    help="print the table from the stdout logs of earlier runs (one seed per process) and exit")
     args = ap.parse_args()
     cmd = "OMP_NUM_THREADS=1 python benchmarks/score_selfcorrect.py " + " ".join(sys.argv[1:])
+    if args.from_logs:
+        table_from_logs(args.from_logs, cmd)
+        return
 
     from warmstart.engine.config import load_recipe
 
@@ -145,7 +206,8 @@ def main() -> None:
             s = _run(raw, out / f"seed{seed}" / "sft")
             rows.setdefault("SFT base", []).append(s["final"])
             times.setdefault("SFT base", []).append(time.time() - t0)
-            print(json.dumps({"seed": seed, "method": "SFT base", **{k: s["final"][k] for k in KEYS}}), flush=True)
+            print(json.dumps({"seed": seed, "method": "SFT base", "n": s["final"]["n"], **{k: s["final"][k] for k in KEYS},
+                              "wall_s": times["SFT base"][-1]}), flush=True)
             base = str(out / f"seed{seed}" / "sft" / "final")
             if args.split:
                 sp = base_split(base, args.sets, setting=args.setting)
@@ -162,28 +224,10 @@ def main() -> None:
             s = _run(raw, out / f"seed{seed}" / recipe.stem)
             rows.setdefault(label, []).append(s["final"])
             times.setdefault(label, []).append(time.time() - t0)
-            print(json.dumps({"seed": seed, "method": label, **{k: s["final"][k] for k in KEYS}}), flush=True)
+            print(json.dumps({"seed": seed, "method": label, "n": s["final"]["n"], **{k: s["final"][k] for k in KEYS},
+                              "wall_s": times[label][-1]}), flush=True)
 
-    n = rows["SFT base"][0]["n"]
-    print(f"\n# {cmd}")
-    print(f"seeds {args.seeds}; {n} held-out problems, greedy, 2 attempts; points (mean ± sd over seeds); "
-          f"total wall {time.time() - t_all:.0f} s")
-    hdr = ["method", "Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δ^{i→c}", "Δ^{c→i}", "changed", "worked@t1", "worked@t2", "wall s"]
-    print("| " + " | ".join(hdr) + " |")
-    print("|" + "---|" * len(hdr))
-    for label in ["SFT base"] + [m for m, _ in METHODS]:
-        cells = [label]
-        for k in KEYS:
-            v = [100 * r[k] for r in rows[label]]
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            sign = "+" if k in ("delta",) else ""
-            cells.append(f"{statistics.mean(v):{sign}.1f} ± {sd:.1f}")
-        cells.append(f"{statistics.mean(times[label]):.0f}")
-        print("| " + " | ".join(cells) + " |")
-    for seed, sp in zip(args.seeds, splits):
-        print(f"seed {seed} SFT base at T = 1 ({sp['samples']} samples): attempt 2 rewrote attempt 1 "
-              f"{100 * sp['t2_revised_share']:.1f}% of the time, then right {100 * sp['t2_revised_acc']:.1f}% vs "
-              f"{100 * sp['t2_copied_acc']:.1f}% when it copied; attempt 1 right {100 * sp['t1_worked_acc']:.1f}% (worked)")
+    print_table(rows, times, args.seeds, cmd, time.time() - t_all, splits)
     if split:
         print(f"\nSFT base at T = 1 ({split['samples']} samples): attempt 1 worked {100 * split['t1_worked_share']:.1f}% "
               f"of the time, right {100 * split['t1_worked_acc']:.1f}% when worked vs {100 * split['t1_once_acc']:.1f}% "
