@@ -18,7 +18,15 @@ from warmstart.learn.multi_turn import (
 )
 from warmstart.rollout import Sampling, rollout
 from warmstart.tasks.base import Problem, TurnResult
-from warmstart.tasks.self_correct import SelfCorrectArithmetic, SelfCorrectConfig, self_correction_metrics, worked_solution
+from warmstart.tasks.self_correct import (
+    SelfCorrectArithmetic,
+    SelfCorrectConfig,
+    budget_tokens,
+    continuation,
+    partial_attempt,
+    self_correction_metrics,
+    worked_solution,
+)
 
 
 def two_turn_episode(r1: float, r2: float, group: int = 0, p: int = 2, n1: int = 3, n_env: int = 2, n2: int = 4) -> Episode:
@@ -259,6 +267,53 @@ def test_wrong_first_demos_are_context_and_revisions_end_on_the_right_answer(tin
     assert all(len(e.turns) == 2 for e in _task(revision_fraction=0.5).demo_episodes(policy))
 
 
+def test_budget_attempts_by_hand():
+    # 4*7+6*3+9= : 4*7=8; 8+6=4; 4*3=2; 2+9=1 -> 1
+    assert partial_attempt("4*7+6*3+9=", 2, "5") == "4*7=8;8+6=4;#5"
+    assert continuation("4*7+6*3+9=", 2) == "4*3=2;2+9=1;#1"
+    assert continuation("4*7+6*3+9=", 0) == worked_solution("4*7+6*3+9=")
+    # 3 steps + "#d" + end token + 1 spare = 22; 4 steps and an answer (26) never fit
+    assert budget_tokens(3) == 22 and len("1*2=2;" * 3 + "#2") + 1 < 22 < len("1*2=2;" * 4 + "#2")
+
+
+def test_budget_task_demos_limits_and_config_errors(tiny_policy_factory):
+    from warmstart.errors import ConfigError
+
+    policy = tiny_policy_factory()
+    task = SelfCorrectArithmetic(SelfCorrectConfig(n_terms=5, budget_steps=2, n_demos=60, n_test=20, revision_fraction=0.5,
+                                                   wrong_first_fraction=0.5), split="train")
+    assert task.max_new_tokens == [16, 16]  # one limit per attempt, read by the rollout
+    assert Sampling(task.max_new_tokens).limit(1) == 16
+    n_rev = n_wrong = 0
+    for e in task.demo_episodes(policy):
+        first = policy.decode(e.ids[: e.turns[-1][0]]).split(task.instruction)[0]
+        last = e.turn_texts[-1]
+        # attempt 1: the first 2 steps, then an answer (right, or wrong and then no loss); both fit the budget
+        assert first.count(";") == 2 and len(policy.encode(first)) + 1 <= 16 and len(policy.encode(last)) + 1 <= 16
+        assert first.startswith(e.prompt[:3])
+        n_wrong += len(e.turns) == 1
+        if last != first:  # a revision: steps 3-4 from attempt 1's last value, ending on the right answer
+            n_rev += 1
+            assert last == continuation(e.prompt, 2) and task.is_correct(last, e.info["answer"])
+            assert last.startswith(first.split(";")[1][-1])
+    assert 0 < n_rev < 60 and 0 < n_wrong < 60
+    for n_terms, k in [(5, 1), (5, 4), (7, 6)]:  # too short for two attempts / long enough for one
+        with pytest.raises(ConfigError, match="budget_steps"):
+            SelfCorrectArithmetic(SelfCorrectConfig(n_terms=n_terms, budget_steps=k, n_demos=10, n_test=5))
+
+
+def test_budget_caps_sampled_attempts(tiny_policy_factory):
+    """An untrained policy rarely emits the end token: each attempt stops at its budget."""
+    policy = tiny_policy_factory(seed=0)
+    task = SelfCorrectArithmetic(SelfCorrectConfig(n_terms=5, budget_steps=2, n_demos=10, n_test=5), split="test")
+    eps, _ = rollout(policy, task.eval_problems(5), task=task, sampling=Sampling(task.max_new_tokens, 1.0),
+                     generator=torch.Generator().manual_seed(0))
+    for e in eps:
+        assert len(e.turns) == 2 and all(s1 - s0 <= 16 for s0, s1 in e.turns)
+    m = task.turn_metrics(eps)
+    assert 0.0 <= m["revised"] <= 1.0
+
+
 def test_self_correction_metrics_on_hand_made_pairs():
     # (t1, t2): c->c, i->c, i->c, c->i, i->i
     correct = [[True, True], [False, True], [False, True], [True, False], [False, False]]
@@ -286,6 +341,7 @@ def test_task_turn_metrics_from_texts():
                            ep(f"#{p.answer}", f"#{wrong}"), ep(f"#{wrong}", f"#{wrong}")])
     assert (m["acc@t1"], m["acc@t2"], m["delta_i2c"], m["delta_c2i"]) == (0.5, 0.5, 0.25, 0.25)
     assert m["changed"] == 0.5 and m["worked@t2"] == 0.25 and m["accuracy"] == m["acc@t2"]
+    assert m["revised"] == 0.5  # attempt 2's text differs from attempt 1's in the first and third
 
 
 # ----------------------------------------------------------------------------------------- eval

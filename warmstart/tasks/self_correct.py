@@ -31,6 +31,7 @@ import re
 from pydantic import Field
 
 from warmstart.episode import Episode
+from warmstart.errors import ConfigError
 from warmstart.registry import TASKS
 from warmstart.tasks.arithmetic import ChainArithmetic, ChainArithmeticConfig, evaluate_chain
 from warmstart.tasks.base import TurnResult, extract_answer, normalize_answer
@@ -50,14 +51,46 @@ class SelfCorrectConfig(ChainArithmeticConfig):
         0.0, ge=0.0, le=1.0,
         description="share of answer-at-once SFT demos whose first attempt is a wrong answer, shown as context (no loss); "
                     "without it a worked revision always ends on attempt 1's answer, and the model learns to copy it")
+    budget_steps: int | None = Field(
+        None, ge=1,
+        description="per-attempt token budget, in worked steps: each attempt may write at most this many steps and an "
+                    "answer. Attempt 1 works the first budget_steps steps then answers at once; a revision continues "
+                    "the chain from attempt 1's last step (needs n_terms - 1 <= 2 * budget_steps). None: no budget")
+
+
+STEP_CHARS = 6  # one worked step "a*b=c;" (single-digit values: modulus <= 10)
+
+
+def _chain(prompt: str, modulus: int) -> tuple[int, list[str]]:
+    toks = _TOKEN.findall(prompt)
+    digits, ops = [int(t) for t in toks[0::2]], toks[1::2]
+    return evaluate_chain(digits, ops, modulus)
 
 
 def worked_solution(prompt: str, modulus: int = 10) -> str:
     """The step-by-step solution of a chain prompt such as ``4*7+6*3+9=``."""
-    toks = _TOKEN.findall(prompt)
-    digits, ops = [int(t) for t in toks[0::2]], toks[1::2]
-    ans, steps = evaluate_chain(digits, ops, modulus)
+    ans, steps = _chain(prompt, modulus)
     return ";".join(steps) + f";#{ans}"
+
+
+def partial_attempt(prompt: str, k: int, answer: str, modulus: int = 10) -> str:
+    """The first ``k`` worked steps of the chain, then ``answer`` given at once:
+    ``partial_attempt("4*7+6*3+9=", 2, "1")`` = ``"4*7=8;8+6=4;#1"``."""
+    _, steps = _chain(prompt, modulus)
+    return "".join(s + ";" for s in steps[:k]) + f"#{answer}"
+
+
+def continuation(prompt: str, k: int, modulus: int = 10) -> str:
+    """The worked steps after the first ``k`` and the answer: what a revision writes when it picks up
+    a partial attempt where it stopped. ``continuation("4*7+6*3+9=", 2)`` = ``"4*3=2;2+9=1;#1"``."""
+    ans, steps = _chain(prompt, modulus)
+    return "".join(s + ";" for s in steps[k:]) + f"#{ans}"
+
+
+def budget_tokens(budget_steps: int) -> int:
+    """Per-attempt token limit (one token per character) that fits ``budget_steps`` worked steps, the
+    answer (``#d``) and the end token, with one token to spare, but never one more step and an answer."""
+    return STEP_CHARS * budget_steps + 4
 
 
 class SelfCorrectArithmetic(ChainArithmetic):
@@ -67,6 +100,15 @@ class SelfCorrectArithmetic(ChainArithmetic):
         super().__init__(cfg, split, seed)
         self.max_turns = cfg.max_turns
         self.instruction = cfg.instruction
+        k, n_steps = cfg.budget_steps, cfg.n_terms - 1
+        if k is not None:
+            if not (k < n_steps <= 2 * k) or cfg.modulus > 10:
+                raise ConfigError(
+                    f"task.budget_steps {k} with n_terms {cfg.n_terms} ({n_steps} steps): the budget must be too short for "
+                    f"one attempt to work the whole chain and long enough for two attempts together, i.e. "
+                    f"{(n_steps + 1) // 2} <= budget_steps < {n_steps} (and modulus <= 10, one-digit steps).")
+            # one limit per attempt: attempt 1 can work only part of the chain, a revision the rest
+            self.max_new_tokens = [budget_tokens(k)] * cfg.max_turns
 
     # -- the multi-turn contract
     def respond(self, episode: Episode, turn: int) -> TurnResult:
@@ -79,28 +121,34 @@ class SelfCorrectArithmetic(ChainArithmetic):
         """Demos as multi-turn episodes: attempt 1 (answer-only or worked, right), the instruction
         (environment tokens), attempt 2 (a copy of attempt 1, or, in a ``revision_fraction`` share,
         the worked solution). Loss on both attempts, except that in a ``wrong_first_fraction`` share
-        of the answer-at-once demos attempt 1 is a wrong answer given as context (no loss)."""
+        of the answer-at-once demos attempt 1 is a wrong answer given as context (no loss).
+        With ``budget_steps`` k, attempt 1 is the first k worked steps and an answer (right, or in a
+        ``wrong_first_fraction`` share wrong and given as context), and a revision continues the
+        chain from attempt 1's k-th step (:func:`continuation`)."""
         rng = random.Random(self.cfg.data_seed + 2)
         wrong_rng = random.Random(self.cfg.data_seed + 3)
         eos = [policy.eos_id] if policy.eos_id is not None else []
         out = []
+        k, mod = self.cfg.budget_steps, self.cfg.modulus
         for p in self.problems:
-            first = p.solution
+            # with a budget, attempt 1 works the first k steps and answers the rest at once
+            first = p.solution if k is None else partial_attempt(p.prompt, k, p.answer, mod)
             wrong_first = False
-            if self.cfg.wrong_first_fraction and self.step_separator not in first \
+            if self.cfg.wrong_first_fraction and (k is not None or self.step_separator not in first) \
                     and wrong_rng.random() < self.cfg.wrong_first_fraction:
-                wrong = wrong_rng.choice([d for d in range(self.cfg.modulus) if str(d) != p.answer])
-                first, wrong_first = f"{self.answer_marker}{wrong}", True
-            worked = worked_solution(p.prompt, self.cfg.modulus)
+                wrong = wrong_rng.choice([d for d in range(mod) if str(d) != p.answer])
+                first = f"{self.answer_marker}{wrong}" if k is None else partial_attempt(p.prompt, k, str(wrong), mod)
+                wrong_first = True
+            revision = worked_solution(p.prompt, mod) if k is None else continuation(p.prompt, k, mod)
             attempts = [first]
             for _ in range(self.max_turns - 1):
-                attempts.append(worked if rng.random() < self.cfg.revision_fraction else attempts[-1])
+                attempts.append(revision if rng.random() < self.cfg.revision_fraction else attempts[-1])
             e = Episode(prompt=p.prompt, prompt_ids=policy.encode_prompt(p.prompt), info={"answer": p.answer})
-            for k, a in enumerate(attempts):
-                if k:
+            for j, a in enumerate(attempts):
+                if j:
                     e.add_env(policy.encode(self.instruction))
                 ids = policy.encode(a) + eos
-                if k == 0 and wrong_first:
+                if j == 0 and wrong_first:
                     e.add_env(ids)
                 else:
                     e.add_turn(ids, [0.0] * len(ids), a)
@@ -123,6 +171,9 @@ class SelfCorrectArithmetic(ChainArithmetic):
         for k in range(K):
             out[f"worked@t{k + 1}"] = sum(self.step_separator in (e.turn_texts[k] if k < len(e.turn_texts) else "")
                                           for e in episodes) / max(len(episodes), 1)
+        if K >= 2:  # the last attempt rewrote attempt 1 (not a copy), whatever its answer
+            out["revised"] = sum(len(e.turn_texts) >= K and e.turn_texts[-1].strip() != e.turn_texts[0].strip()
+                                 for e in episodes) / max(len(episodes), 1)
         out["mean_tokens"] = sum(len(e.ids) for e in episodes) / max(len(episodes), 1)
         return out
 
