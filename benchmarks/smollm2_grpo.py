@@ -1,0 +1,119 @@
+"""GRPO on the real SmolLM2-135M-Instruct: held-out accuracy before/after over seeds, wall time per
+step, and LoRA against full fine-tuning (memory, tokens/s, learning curve).
+
+Runs ``recipes/smollm2-grpo.yaml`` once per (variant, seed), each in its own process (so its peak
+resident memory is its own; read with ``os.wait4``), one after another (never two timed at once).
+Variants: ``full`` (every weight trains: the recipe as written) and ``lora`` (peft adapters, r=16 on
+every linear layer, lr x10). Prints a row per run, then a table per variant: greedy held-out
+accuracy of the pretrained model and after GRPO, the gain, median wall seconds per GRPO step, the
+median sampling / training / overall tokens per second, trainable parameters, peak RSS, and the
+learning curve (mean reward per step).
+
+    python benchmarks/smollm2_grpo.py --variants full --seeds 0 1 2
+    python benchmarks/smollm2_grpo.py --variants lora --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "full": [],
+    "lora": ["policy.lora={r: 16, alpha: 32, dropout: 0.0}", "phases.grpo.lr=2.0e-4"],
+}
+
+
+def run_one(variant: str, seed: int, out: Path, sets: list[str]) -> dict:
+    run_dir = out / f"{variant}-seed{seed}"
+    args = [sys.executable, "-m", "warmstart.engine.cli", "run", str(ROOT / "recipes" / "smollm2-grpo.yaml"),
+            "--run-dir", str(run_dir), "--overwrite", "--quiet", "--set", f"seed={seed}"]
+    for s in VARIANTS[variant] + sets:
+        args += ["--set", s]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t0 = time.time()
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.time() - t0
+    log = p.stdout.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{variant} seed {seed} failed:\n{log[-3000:]}")
+    s = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["phase"] == "grpo"]
+    cfg = (run_dir / "config.yaml").read_text()
+    return {
+        "variant": variant, "seed": seed, "init_acc": s["init"]["accuracy"], "final_acc": s["final"]["accuracy"],
+        "n": s["final"]["n"], "step_s": statistics.median(r["time_step_s"] for r in steps),
+        "sample_tok_s": statistics.median(r["sample_tokens_per_s"] for r in steps),
+        "train_tok_s": statistics.median(r["train_tokens_per_s"] for r in steps),
+        "tok_s": statistics.median(r["tokens_per_s"] for r in steps),
+        "reward_curve": [round(r["reward"], 3) for r in steps],
+        "acc_curve": [round(r["accuracy"], 3) for r in steps],
+        "peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": wall, "run_dir": str(run_dir),
+        "trainable": _trainable(run_dir), "lora": "lora:" in cfg,
+    }
+
+
+def _trainable(run_dir: Path) -> int:
+    """Trainable parameters of the final policy (adapter tensors for LoRA, every weight otherwise)."""
+    from safetensors import safe_open
+
+    final = run_dir / "final"
+    f = final / "adapter_model.safetensors"
+    f = f if f.exists() else final / "model.safetensors"
+    with safe_open(str(f), "pt") as st:
+        return sum(_prod(st.get_slice(k).get_shape()) for k in st.keys())
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=["full"], choices=sorted(VARIANTS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe override, repeatable")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench-smollm2-grpo"))
+    ap.add_argument("--json", default=None, help="append each row to this JSONL file")
+    args = ap.parse_args()
+    cmd = "python benchmarks/smollm2_grpo.py " + " ".join(sys.argv[1:])
+    rows = []
+    for variant in args.variants:
+        for seed in args.seeds:
+            r = run_one(variant, seed, Path(args.out), args.sets)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+    print(f"\n# {cmd}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min)")
+    print(f"{'variant':>7} {'seed':>4} {'acc before':>10} {'after':>6} {'gain':>6} {'s/step':>7} {'sample tok/s':>12} "
+          f"{'train tok/s':>11} {'tok/s':>6} {'trainable':>10} {'peak RSS MB':>11}  reward per step")
+    for r in rows:
+        print(f"{r['variant']:>7} {r['seed']:>4} {r['init_acc']:>10.3f} {r['final_acc']:>6.3f} "
+              f"{100 * (r['final_acc'] - r['init_acc']):>+6.1f} {r['step_s']:>7.1f} {r['sample_tok_s']:>12.1f} "
+              f"{r['train_tok_s']:>11.1f} {r['tok_s']:>6.1f} {r['trainable']:>10,} {r['peak_rss_mb']:>11.0f}  "
+              f"{' '.join(f'{x:.2f}' for x in r['reward_curve'])}")
+    for variant in args.variants:
+        vs = [r for r in rows if r["variant"] == variant]
+        gains = [100 * (r["final_acc"] - r["init_acc"]) for r in vs]
+        sd = statistics.stdev(gains) if len(gains) > 1 else 0.0
+        print(f"{variant}: mean gain {statistics.mean(gains):+.1f} +- {sd:.1f} points over {len(vs)} seeds "
+              f"(n={vs[0]['n']} held-out problems), median {statistics.median(r['step_s'] for r in vs):.1f} s per step")
+
+
+if __name__ == "__main__":
+    main()
