@@ -99,6 +99,105 @@ def test_model_directory_without_a_tokenizer_is_a_clear_error(tmp_path):
         LMPolicy.from_pretrained(tmp_path)
 
 
+def write_tiny_llama_gguf(path, seed: int = 0) -> dict:
+    """A 2-layer Llama GGUF file (GQA 4/2 heads) with a byte-level BPE tokenizer and a chat template;
+    all tensors F32 except layer 0's ffn_down, stored Q8_0. Returns the float tensors written."""
+    import gguf
+    import numpy as np
+    from gguf.quants import quantize
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    rng = np.random.default_rng(seed)
+    tokens = list(bytes_to_unicode().values()) + ["\u0120t", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+    V, H, F, L, nh, nkv = len(tokens), 64, 128, 2, 4, 2
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(L)
+    w.add_context_length(128)
+    w.add_embedding_length(H)
+    w.add_feed_forward_length(F)
+    w.add_head_count(nh)
+    w.add_head_count_kv(nkv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(H // nh)
+    w.add_vocab_size(V)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * (V - 3) + [3, 3, 3])
+    w.add_token_merges(["\u0120 t"])
+    w.add_bos_token_id(V - 3)
+    w.add_eos_token_id(V - 2)
+    w.add_pad_token_id(V - 1)
+    w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    written = {}
+
+    def add(name, arr, q8=False):
+        written[name] = arr
+        if q8:
+            w.add_tensor(name, quantize(arr, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(name, arr)
+
+    def rnd(*shape):
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    add("token_embd.weight", rnd(V, H))
+    add("output_norm.weight", np.ones(H, np.float32))
+    for i in range(L):
+        add(f"blk.{i}.attn_norm.weight", np.ones(H, np.float32))
+        add(f"blk.{i}.ffn_norm.weight", np.ones(H, np.float32))
+        add(f"blk.{i}.attn_q.weight", rnd(H, H))
+        add(f"blk.{i}.attn_k.weight", rnd(H // nh * nkv, H))
+        add(f"blk.{i}.attn_v.weight", rnd(H // nh * nkv, H))
+        add(f"blk.{i}.attn_output.weight", rnd(H, H))
+        add(f"blk.{i}.ffn_gate.weight", rnd(F, H))
+        add(f"blk.{i}.ffn_up.weight", rnd(F, H))
+        add(f"blk.{i}.ffn_down.weight", rnd(H, F), q8=(i == 0))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return written
+
+
+def test_convert_gguf_cli_round_trips_to_the_gguf_logits(tmp_path):
+    """`warmstart convert gguf FILE OUT_DIR` on a GGUF file written here: the directory loads as
+    `policy.path` (with its tokenizer and chat template), reproduces the GGUF-loaded model's logits,
+    holds the Q8_0 tensor de-quantized (within Q8_0's rounding of the original), and samples in the
+    KV-cache sampler exactly as HF scores."""
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from warmstart.engine.cli import app
+    from warmstart.policies.lm import LMPolicy
+    from warmstart.policies.pretrained import REFERENCE_FILE
+
+    written = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    out = tmp_path / "hf"
+    res = CliRunner().invoke(app, ["convert", "gguf", str(tmp_path / "tiny.gguf"), str(out)])
+    assert res.exit_code == 0, res.output
+    pol = LMPolicy.from_pretrained(out)
+    assert pol.chat  # the chat template travelled with the tokenizer
+    assert pol.tokenizer.decode(pol.encode_prompt("hi")) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    ref = load_file(str(out / REFERENCE_FILE))
+    with torch.no_grad():
+        logits = pol.model(ref["input_ids"]).logits
+    torch.testing.assert_close(logits, ref["logits"], atol=1e-5, rtol=1e-5)
+    down = load_file(str(out / "model.safetensors"))["model.layers.0.mlp.down_proj.weight"]
+    orig = torch.from_numpy(written["blk.0.ffn_down.weight"])
+    err = (down - orig).abs().max()
+    assert 0 < err <= orig.abs().max() / 127  # Q8_0: one scale per 32 values, 8-bit rounding
+    _check_against_hf(pol, ("hello", "a longer prompt here"))
+    # converting again into the same directory keeps the finished conversion; a foreign directory is refused
+    assert CliRunner().invoke(app, ["convert", "gguf", str(tmp_path / "tiny.gguf"), str(out)]).exit_code == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    res = CliRunner().invoke(app, ["convert", "gguf", str(tmp_path / "tiny.gguf"), str(tmp_path / "other")])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+
+
 def test_convert_cli_names_a_missing_or_unreadable_gguf_file(tmp_path):
     from typer.testing import CliRunner
 
