@@ -2,15 +2,15 @@
 step, and LoRA against full fine-tuning (memory, tokens/s, learning curve).
 
 Runs ``recipes/smollm2-grpo.yaml`` once per (variant, seed), each in its own process (so its peak
-resident memory is its own; read with ``os.wait4``), one after another (never two timed at once).
-Variants: ``full`` (every weight trains: the recipe as written) and ``lora`` (peft adapters, r=16 on
-every linear layer, lr x10). Prints a row per run, then a table per variant: greedy held-out
+resident memory is its own; read with ``os.wait4``), one after another, or all at once with
+``--parallel`` (then their wall times share the CPU). Variants: ``lora`` (the recipe as written:
+peft adapters, r=16 on every linear layer, lr 3e-4) and ``full`` (every weight trains, lr 3e-5). Prints a row per run, then a table per variant: greedy held-out
 accuracy of the pretrained model and after GRPO, the gain, median wall seconds per GRPO step, the
 median sampling / training / overall tokens per second, trainable parameters, peak RSS, and the
 learning curve (mean reward per step).
 
-    python benchmarks/smollm2_grpo.py --variants full --seeds 0 1 2
-    python benchmarks/smollm2_grpo.py --variants lora --seeds 0
+    python benchmarks/smollm2_grpo.py --variants lora --seeds 0 1 2
+    python benchmarks/smollm2_grpo.py --variants lora full --seeds 0 --parallel
 """
 
 from __future__ import annotations
@@ -26,24 +26,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
-    "full": [],
-    "lora": ["policy.lora={r: 16, alpha: 32, dropout: 0.0}", "phases.grpo.lr=2.0e-4"],
+    "lora": [],  # the recipe as written
+    "full": ["policy.lora=null", "phases.grpo.lr=3.0e-5"],
 }
 
 
-def run_one(variant: str, seed: int, out: Path, sets: list[str]) -> dict:
+def start(variant: str, seed: int, out: Path, sets: list[str]):
+    """Start one run in its own process; returns what :func:`finish` needs."""
     run_dir = out / f"{variant}-seed{seed}"
     args = [sys.executable, "-m", "warmstart.engine.cli", "run", str(ROOT / "recipes" / "smollm2-grpo.yaml"),
             "--run-dir", str(run_dir), "--overwrite", "--quiet", "--set", f"seed={seed}"]
     for s in VARIANTS[variant] + sets:
         args += ["--set", s]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    t0 = time.time()
-    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = open(out / f"{variant}-seed{seed}.log", "w")
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return variant, seed, run_dir, p, time.time()
+
+
+def finish(variant, seed, run_dir, p, t0) -> dict:
+    """Wait for one run (its own peak RSS from ``os.wait4``) and read its summary and metrics."""
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.time() - t0
-    log = p.stdout.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
+        log = (run_dir.parent / f"{variant}-seed{seed}.log").read_text(errors="replace")
         raise SystemExit(f"{variant} seed {seed} failed:\n{log[-3000:]}")
     s = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -82,24 +88,28 @@ def _prod(shape) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", default=["full"], choices=sorted(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["lora"], choices=sorted(VARIANTS))
+    ap.add_argument("--parallel", action="store_true", help="run every (variant, seed) at once (wall times then share the CPU)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe override, repeatable")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-smollm2-grpo"))
     ap.add_argument("--json", default=None, help="append each row to this JSONL file")
     args = ap.parse_args()
     cmd = "python benchmarks/smollm2_grpo.py " + " ".join(sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for variant in args.variants:
-        for seed in args.seeds:
-            r = run_one(variant, seed, Path(args.out), args.sets)
-            rows.append(r)
-            print(json.dumps(r), flush=True)
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(r) + "\n")
+    jobs = [(v, s) for v in args.variants for s in args.seeds]
+    started = [start(v, s, out, args.sets) for v, s in jobs] if args.parallel else None
+    for i, (v, s) in enumerate(jobs):
+        r = finish(*(started[i] if started else start(v, s, out, args.sets)))
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(r) + "\n")
     print(f"\n# {cmd}")
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min); {'all runs at once' if args.parallel else 'one run at a time'}")
     print(f"{'variant':>7} {'seed':>4} {'acc before':>10} {'after':>6} {'gain':>6} {'s/step':>7} {'sample tok/s':>12} "
           f"{'train tok/s':>11} {'tok/s':>6} {'trainable':>10} {'peak RSS MB':>11}  reward per step")
     for r in rows:
