@@ -96,7 +96,7 @@ class LlamaKVSampler:
         rope = getattr(cfg, "rope_parameters", None) or {}
         self.theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
         self.max_pos = cfg.max_position_embeddings
-        w0 = next(model.parameters())
+        w0 = model.model.norm.weight  # a plain tensor in every model this runs (LoRA never wraps a norm)
         dev = w0.device  # tables and per-step tensors live beside the weights
         # computed in fp32, stored in the weights' dtype (as HF does), so bf16 queries stay bf16
         inv = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
