@@ -281,6 +281,23 @@ def tools_list():
         console.print(f"{kind}: {entry.description}  tools: {', '.join(cls.tool_names())}", markup=False, highlight=False)
 
 
+convert_app = typer.Typer(no_args_is_help=True, help="Convert model files into plain Hugging Face directories.")
+app.add_typer(convert_app, name="convert")
+
+
+@convert_app.command("gguf")
+def convert_gguf_cmd(
+    file: Path = typer.Argument(..., help="a GGUF model file (e.g. a llama.cpp quantization)"),
+    out_dir: Path = typer.Argument(..., help="the HF directory to write (safetensors + tokenizer + chat template)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace OUT_DIR although it holds other files"),
+):
+    """De-quantize a GGUF file into an HF directory that `policy.path` (and AutoModelForCausalLM) loads."""
+    from warmstart.policies.pretrained import convert_gguf
+
+    out = _guarded(lambda: convert_gguf(file, out_dir, overwrite=overwrite), f"convert gguf {file}")
+    console.print(f"written {out}: load it with policy.path: {out}", markup=False, highlight=False)
+
+
 def main() -> None:
     try:
         app()

@@ -123,12 +123,13 @@ def frozen_copy(model):
 def reference_logprobs(ref_model, batch: TokenBatch, temperature: float, policy=None) -> torch.Tensor:
     """Log-probs (B, T-1) of the batch under the frozen reference. A batch with images needs the
     policy's own forward (its processor and image placement), run with the reference's weights."""
+    dev = next(ref_model.parameters()).device  # a GPU policy's reference: CPU batch in, CPU log-probs out
     with torch.no_grad():
         if batch.images is not None:
             logits = policy.logits(batch.input_ids, batch.attention_mask, batch.images, model=ref_model)[:, :-1]
         else:
-            logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
-        return token_logprobs(logits, batch.input_ids[:, 1:], temperature)
+            logits = ref_model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev)).logits[:, :-1]
+        return token_logprobs(logits, batch.input_ids[:, 1:].to(dev), temperature).to(batch.input_ids.device)
 
 
 def grpo_update(policy, optimizer, batch: TokenBatch, advantages: torch.Tensor, kl_coef: torch.Tensor,

