@@ -87,7 +87,7 @@ def test_multi_turn_phase_raises_second_attempt_reward(tmp_path, sums_recipe, ti
     gen = torch.Generator().manual_seed(0)
     for _ in range(40):  # the format, from the 8 demos
         sft_update(policy, opt, [demos[i] for i in torch.randint(len(demos), (16,), generator=gen).tolist()])
-    ctx = SimpleNamespace(policy=policy, task=task, rewards=RewardSet([], [], []), artifacts=Artifacts(),
+    ctx = SimpleNamespace(workers=None, policy=policy, task=task, rewards=RewardSet([], [], []), artifacts=Artifacts(),
                           generator=lambda step, salt=0: torch.Generator().manual_seed(step_seed(0, step, salt)))
     cfg = MultiTurnConfig(steps=30, prompts_per_step=16, group_size=8, lr=3e-3, algorithm="grpo",
                           turn_weights=[0.0, 1.0], advantage_scale="none")

@@ -138,7 +138,7 @@ def test_grpo_on_a_two_class_plot_task_raises_accuracy():
 
     acc, fmt = REWARDS.get("class_accuracy"), REWARDS.get("class_format")
     rewards = RewardSet([acc.factory(acc.config()), fmt.factory(fmt.config())], ["acc", "fmt"], [0.9, 0.1])
-    ctx = SimpleNamespace(policy=pol, task=task, rewards=rewards,
+    ctx = SimpleNamespace(workers=None, policy=pol, task=task, rewards=rewards,
                           generator=lambda step, salt=0: torch.Generator().manual_seed(1000 * step + salt))
     cfg = GRPOConfig(steps=40, prompts_per_step=16, group_size=8, lr=2e-3, warmup=5, max_new_tokens=48)
     phase = GRPOPhase(cfg, ctx)

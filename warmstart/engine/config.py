@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from warmstart.config import EvalConfig, PhaseConfig, PluginConfig, RewardConfig, Strict  # noqa: F401 (re-exported for user modules)
 from warmstart.errors import ConfigError
@@ -29,6 +29,35 @@ class CheckpointConfig(Strict):
 class LogConfig(Strict):
     tensorboard: bool = Field(False, description="also write TensorBoard event files under tb/")
     every: int = Field(1, ge=1, description="print a progress line every N steps")
+    mlflow: bool = Field(False, description="also track the run in MLflow: the resolved recipe as parameters, every "
+                         "metric, summary.json and curves.png as artifacts (pip install 'warmstart[tracking]')")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (a server http://host:5000, sqlite:///f.db ...); "
+                                   "default: a SQLite store in the run directory's mlruns/ (artifacts beside it)")
+    mlflow_experiment: str | None = Field(None, description="MLflow experiment name; default: the recipe's name")
+    wandb: Literal[False, "offline", "online"] = Field(False, description="also track the run in Weights & Biases: "
+                                                       "'offline' (files under <run>/wandb, `wandb sync` later) or 'online'")
+    wandb_project: str | None = Field(None, description="W&B project; default: the recipe's name")
+
+
+class ScaleConfig(Strict):
+    """Where sampling runs. The default samples in this process (no server). Episodes depend on the
+    seed and ``shards`` only, so a Ray run and an in-process run with the same shards are identical."""
+
+    backend: Literal["inprocess", "ray"] = Field("inprocess", description="'ray': rollout and search workers are Ray actors")
+    workers: int = Field(1, ge=1, description="Ray actors, each holding a copy of the policy (backend: ray)")
+    shards: int | None = Field(None, ge=1, description="pieces each step's problems are split into, each seeded on its "
+                               "own; default: workers (ray) or 1 (inprocess). Same seed + shards -> same episodes")
+    address: str | None = Field(None, description="an existing Ray cluster: 'auto', 'HOST:6379' or 'ray://HOST:10001'; "
+                                "default: start a local Ray instance with workers x threads CPUs")
+    threads: int = Field(1, ge=1, description="torch threads (and CPUs reserved) per worker")
+
+    @model_validator(mode="after")
+    def _workers_need_ray(self):
+        if self.backend == "inprocess" and (self.workers > 1 or self.address is not None):
+            raise ValueError(f"workers: {self.workers} / address: {self.address!r} need backend: ray (in-process "
+                             f"sampling has no workers); to reproduce a {self.workers}-worker Ray run in this process, "
+                             f"set shards: {self.workers} instead")
+        return self
 
 
 class GuardConfig(Strict):
@@ -58,6 +87,7 @@ class Recipe(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     smoke: dict[str, Any] = Field(default_factory=dict, description="overrides applied by --smoke")
 

@@ -1,4 +1,5 @@
-"""Terminal progress and tables (rich), metrics.jsonl (always), TensorBoard (optional), curves.png."""
+"""Terminal progress and tables (rich), metrics.jsonl (always), TensorBoard, MLflow and W&B (optional,
+see :mod:`warmstart.engine.tracking`), curves.png."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ class MetricsLogger:
     ``truncate_to`` cuts the file back to a byte offset recorded in a checkpoint, so that a resumed
     run continues the log exactly where its checkpoint was taken (no duplicate or torn lines)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False, truncate_to: int | None = 0):
+    def __init__(self, run_dir: Path, tensorboard: bool = False, truncate_to: int | None = 0, trackers=None):
+        self.trackers = trackers  # MLflow / W&B (engine.tracking.Trackers): every row goes to them too
         self.path = Path(run_dir) / "metrics.jsonl"
         if self.path.exists() and truncate_to is not None:  # None: append to the file as it is
             with open(self.path, "r+b") as f:
@@ -81,6 +83,8 @@ class MetricsLogger:
                 v = None if math.isnan(v) else v
             clean[k] = v
         self._f.write((json.dumps(clean, default=str) + "\n").encode())
+        if self.trackers is not None:
+            self.trackers.log(clean)
         if self._tb is not None and "step" in clean:
             prefix = clean.get("phase", "")
             for k, v in clean.items():

@@ -32,11 +32,13 @@ from warmstart.engine.config import Recipe, dump_config
 from rich.markup import escape
 
 from warmstart.engine.logging import MetricsLogger, console, plot_curves, print_summary_table, quiet_hf
+from warmstart.engine.tracking import open_trackers
 from warmstart.engine.rundir import RunLock, check_run_dir, claim_run_dir, repair_metrics, verify_manifest, write_manifest
 from warmstart.errors import DataError, WarmstartError, warn
 from warmstart.registry import PHASES, POLICIES, REWARDS, TASKS
 from warmstart.rewards import RewardSet
 from warmstart.rollout.evaluate import evaluate
+from warmstart.rollout.workers import InProcessWorkers, make_workers
 from warmstart.tasks.jsonl import JsonlTask
 
 STATE_FILE = "trainer_state.pt"
@@ -68,6 +70,7 @@ class RunContext:
     logger: MetricsLogger | None = None
     smoke: bool = False
     artifacts: Artifacts = field(default_factory=Artifacts)
+    workers: Any = field(default_factory=InProcessWorkers)  # where rollouts and searches run (recipe `scale:`)
 
     @property
     def seed(self) -> int:
@@ -215,6 +218,7 @@ def run_recipe(
     try:
         phases_cfg = recipe.phases
         phases = [PHASES.get(p.kind).factory(p, ctx) for p in phases_cfg]
+        ctx.workers = make_workers(ctx.policy, **recipe.scale.model_dump())  # a bad Ray address fails here
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(run_dir)
         lock.acquire()
@@ -228,7 +232,8 @@ def run_recipe(
 
 
 def close_context(ctx: RunContext) -> None:
-    """Release what the run's tasks hold (a tool server they started), however the run ended."""
+    """Release what the run holds (its rollout workers, a tool server its tasks started), however the run ended."""
+    ctx.workers.close()
     for obj in {id(o): o for o in (ctx.task, ctx.eval_task)}.values():
         if isinstance(obj, HoldsResources):
             obj.close()
@@ -276,11 +281,18 @@ def _run(ctx: RunContext, phases: list, run_dir: Path, resume: bool, quiet: bool
     fixed = repair_metrics(run_dir / "metrics.jsonl", metrics_bytes, global_step)
     if fixed:
         warn(fixed)
-    ctx.logger = MetricsLogger(run_dir, tensorboard=recipe.log.tensorboard, truncate_to=None)  # repaired above
+    trackers = open_trackers(recipe.log, run_dir, recipe.name, recipe.model_dump(mode="json"), resume)
+    ctx.logger = MetricsLogger(run_dir, tensorboard=recipe.log.tensorboard, truncate_to=None,  # repaired above
+                               trackers=trackers)
+    ok = False
     try:
-        return _loop(ctx, phases, run_dir, start_phase, start_step, global_step, evals, quiet)
+        summary = _loop(ctx, phases, run_dir, start_phase, start_step, global_step, evals, quiet)
+        trackers.final(summary, [run_dir / "summary.json", run_dir / "curves.png"])
+        ok = True
+        return summary
     finally:
         ctx.logger.close()
+        trackers.end(ok)
 
 
 def _loop(ctx, phases, run_dir, start_phase, start_step, global_step, evals, quiet) -> dict:

@@ -83,7 +83,7 @@ class ExpertIterationPhase(OptimizerPhase):
         gen = ctx.generator(global_step)
         problems = ctx.task.sample_problems(cfg.problems_per_iter, gen)
         t0 = time.time()
-        res = run_search(self.policy, ctx.task, problems, self.scorer, cfg.search, gen)
+        res = run_search(self.policy, ctx.task, problems, self.scorer, cfg.search, gen, workers=ctx.workers)
         t_search = time.time() - t0
         kept: list[Episode] = []
         for chosen, cands in zip(res.episodes, res.candidates):
@@ -164,7 +164,7 @@ class SearchGRPOPhase(OptimizerAndReference):
         problems = ctx.task.sample_problems(cfg.prompts_per_step, gen)
         # the learner re-scores log-probs at cfg.temperature: sample at the same one
         scfg = cfg.search.model_copy(update={"temperature": cfg.temperature})
-        res = run_search(self.policy, ctx.task, problems, self.scorer, scfg, gen)
+        res = run_search(self.policy, ctx.task, problems, self.scorer, scfg, gen, workers=ctx.workers)
         dt = time.time() - t0
         episodes = []
         for i, cands in enumerate(res.candidates):

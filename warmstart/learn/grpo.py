@@ -270,7 +270,7 @@ class GRPOPhase(OptimizerAndReference):
         sampling = Sampling(cfg.max_new_tokens or ctx.task.max_new_tokens, cfg.temperature, cfg.top_p,
                             batch_size=cfg.sample_batch_size)
         episodes, stats = rollout(self.policy, problems, samples=cfg.group_size, sampling=sampling, generator=gen,
-                                  rewards=ctx.rewards)
+                                  rewards=ctx.rewards, workers=ctx.workers)
         metrics = batch_metrics(ctx.task, ctx.rewards, episodes)
         # advantages (the group's, on every action token) + update
         upd = group_update(self.policy, self.opt, episodes, self.reference, cfg, ctx.generator(global_step, salt=1))

@@ -132,7 +132,7 @@ class MultiTurnPhase(OptimizerAndReference):
         sampling = Sampling(cfg.max_new_tokens or ctx.task.max_new_tokens, cfg.temperature, cfg.top_p,
                             batch_size=cfg.sample_batch_size)
         episodes, stats = rollout(self.policy, problems, task=ctx.task, samples=cfg.group_size, sampling=sampling,
-                                  generator=gen, rewards=ctx.rewards, max_turns=cfg.max_turns)
+                                  generator=gen, rewards=ctx.rewards, max_turns=cfg.max_turns, workers=ctx.workers)
         raw = turn_reward_matrix(episodes, K)  # (B, K)
         shaped = self._shaped(episodes, raw)  # (B, K)
         for b, e in enumerate(episodes):
@@ -233,7 +233,7 @@ class RevisionSFTPhase(OptimizerPhase):
     def _star(self, problems, gen) -> tuple[list[Episode], dict]:
         cfg = self.cfg
         eps, stats = rollout(self.policy, problems, task=self.ctx.task, samples=cfg.group_size, sampling=self._sampling(),
-                             generator=gen)
+                             generator=gen, workers=self.ctx.workers)
         out = []
         for e in eps:
             r = [t.get("correct", 0.0) for t in e.turn_rewards]
@@ -245,7 +245,7 @@ class RevisionSFTPhase(OptimizerPhase):
     def _pair(self, problems, gen) -> tuple[list[Episode], dict]:
         cfg, task = self.cfg, self.ctx.task
         eps, stats = rollout(self.policy, problems, task=task, samples=cfg.group_size, sampling=self._sampling(),
-                             generator=gen, max_turns=1)
+                             generator=gen, max_turns=1, workers=self.ctx.workers)
         by_group: dict[int, list[Episode]] = {}
         for e in eps:
             by_group.setdefault(e.group, []).append(e)

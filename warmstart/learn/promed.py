@@ -261,7 +261,7 @@ class ProMedGRPOPhase(OptimizerAndReference):
         sampling = Sampling(cfg.max_new_tokens or self.task.max_new_tokens, cfg.temperature, cfg.top_p,
                             batch_size=cfg.sample_batch_size)
         episodes, stats = rollout(self.policy, problems, task=self.task, samples=cfg.group_size, sampling=sampling,
-                                  generator=gen)
+                                  generator=gen, workers=ctx.workers)
         # score: the weighted per-turn terms
         R = weighted_turn_rewards(episodes, cfg, K)  # (B, K)
         for b, e in enumerate(episodes):

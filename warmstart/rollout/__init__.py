@@ -30,6 +30,7 @@ import torch
 from warmstart.contracts import RespondsToTurns
 from warmstart.episode import Episode
 from warmstart.errors import ConfigError
+from warmstart.rollout.workers import shard_generators, split_evenly
 
 
 @dataclass
@@ -88,11 +89,19 @@ def rollout(
     rewards=None,
     max_turns: int | None = None,
     group_offset: int = 0,
+    workers=None,
 ) -> tuple[list[Episode], dict]:
     """Run ``samples`` episodes of each problem for up to ``max_turns`` policy turns (default: the
     task's ``max_turns``, or 1 for a single-turn task), all active episodes sampling each turn in
     one ``policy.sample`` call. Returns the episodes and timing stats (``sample_time_s``,
-    ``sampled_tokens``, ``sample_tokens_per_s``)."""
+    ``sampled_tokens``, ``sample_tokens_per_s``).
+
+    ``workers`` (a pool from :mod:`warmstart.rollout.workers`, e.g. the run's ``ctx.workers``)
+    splits the problems into its shards and samples them there (Ray actors, or shard by shard in
+    this process); the rewards are then scored here, on all episodes at once."""
+    if workers is not None and not workers.trivial:
+        return _sharded_rollout(workers, policy, problems, task=task, samples=samples, sampling=sampling,
+                                generator=generator, rewards=rewards, max_turns=max_turns, group_offset=group_offset)
     sampling = sampling or Sampling(max_new_tokens=task.max_new_tokens if task is not None else 64)
     multi = isinstance(task, RespondsToTurns)
     turns = max_turns or (task.max_turns if multi else 1)
@@ -145,10 +154,36 @@ def rollout(
             still.append(i)
         active = still
     dt = time.time() - t0
+    _score(episodes, rewards)
+    return episodes, {"sample_time_s": dt, "sampled_tokens": ntok, "sample_tokens_per_s": ntok / max(dt, 1e-9)}
+
+
+def _score(episodes: list[Episode], rewards) -> None:
     if rewards is not None and len(rewards):
         rewards.score(episodes)
     else:
         for e in episodes:
             e.info["episode_reward"] = 0.0
             e.reward = e.turn_reward_total()
+
+
+def _rollout_shard(policy, *, generator, problems, group_offset, **kw) -> tuple[list[Episode], dict]:
+    """One shard of a sharded rollout (what a worker runs): unscored episodes and their stats."""
+    return rollout(policy, problems, generator=generator, group_offset=group_offset, rewards=None, **kw)
+
+
+def _sharded_rollout(workers, policy, problems, *, task, samples, sampling, generator, rewards, max_turns,
+                     group_offset) -> tuple[list[Episode], dict]:
+    """:func:`rollout` split over ``workers``' shards (see :mod:`warmstart.rollout.workers`): the same
+    episodes, in the same order and with the same group ids, whatever the backend or worker count."""
+    t0 = time.time()
+    gens = shard_generators(generator, workers.shards)
+    parts = [(r, g) for r, g in zip(split_evenly(len(problems), workers.shards), gens) if len(r)]
+    common = {"task": task, "samples": samples, "sampling": sampling, "max_turns": max_turns}
+    shards = [{"problems": problems[r.start:r.stop], "group_offset": group_offset + r.start} for r, _ in parts]
+    results = workers.map(policy, _rollout_shard, common, shards, [g for _, g in parts])
+    episodes = [e for eps, _ in results for e in eps]
+    dt = time.time() - t0  # wall time of the whole (parallel) collection, transfers included
+    ntok = sum(st["sampled_tokens"] for _, st in results)
+    _score(episodes, rewards)
     return episodes, {"sample_time_s": dt, "sampled_tokens": ntok, "sample_tokens_per_s": ntok / max(dt, 1e-9)}

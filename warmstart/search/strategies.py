@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError
 
 from warmstart.config import Strict
 from warmstart.registry import SEARCH
+from warmstart.rollout.workers import shard_generators, split_evenly
 from warmstart.search.base import Expander, Partial, SearchResult
 from warmstart.tasks.base import Problem, extract_answer, normalize_answer
 
@@ -446,6 +447,44 @@ def default_depth(task) -> int:
 
 
 def run_search(policy, task, problems: list[Problem], scorer, cfg: SearchConfig,
-               generator: torch.Generator | None = None) -> SearchResult:
-    """Run the strategy ``cfg`` names on ``problems`` (its knobs from ``cfg``)."""
+               generator: torch.Generator | None = None, workers=None) -> SearchResult:
+    """Run the strategy ``cfg`` names on ``problems`` (its knobs from ``cfg``).
+
+    ``workers`` (a pool from :mod:`warmstart.rollout.workers`, e.g. the run's ``ctx.workers``)
+    splits the problems into its shards and searches them there; the results are merged in problem
+    order, so the same seed and shards give the same result whatever the backend."""
+    if workers is None or workers.trivial:
+        return _search_shard(policy, generator=generator, task=task, problems=problems, scorer=scorer, cfg=cfg)
+    t0 = time.time()
+    gens = shard_generators(generator, workers.shards)
+    parts = [(r, g) for r, g in zip(split_evenly(len(problems), workers.shards), gens) if len(r)]
+    results = workers.map(policy, _search_shard, {"task": task, "scorer": scorer, "cfg": cfg},
+                          [{"problems": problems[r.start:r.stop]} for r, _ in parts], [g for _, g in parts])
+    return _merge_results(results, [r.start for r, _ in parts], time.time() - t0)
+
+
+def _search_shard(policy, *, generator, task, problems, scorer, cfg) -> SearchResult:
+    """One shard of a search (what a worker runs)."""
     return SEARCH.get(cfg.strategy).factory(policy, task, problems, scorer, generator=generator, **cfg.knobs())
+
+
+def _merge_results(results: list[SearchResult], offsets: list[int], wall_s: float) -> SearchResult:
+    """Concatenate shard results in problem order: groups renumbered to the whole problem list;
+    counts summed, times and throughput taken over the whole (parallel) call."""
+    episodes, candidates, tokens, stats = [], [], [], {}
+    for res, off in zip(results, offsets):
+        for e in res.episodes + [c for cs in res.candidates for c in cs]:
+            e.group += off
+        episodes += res.episodes
+        candidates += res.candidates
+        tokens += res.tokens
+        for k, v in res.stats.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                stats[k] = stats.get(k, 0) + v
+            else:
+                stats.setdefault(k, v)
+    for k in [k for k in stats if k.endswith("_per_s")]:  # a rate is the summed count over the wall time
+        base = k[: -len("_per_s")]
+        stats[k] = stats[base] / max(wall_s, 1e-9) if base in stats else stats[k]
+    stats.update({"time_s": wall_s, "sample_time_s": wall_s, "tokens_per_s": sum(tokens) / max(wall_s, 1e-9)})
+    return SearchResult(episodes, candidates, tokens, stats)

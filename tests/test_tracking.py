@@ -1,0 +1,120 @@
+"""Experiment tracking (issue 16 part 5): MLflow and W&B beside metrics.jsonl, read back with their own
+APIs; a tracker that fails never stops or corrupts the run. Skips, saying why, when a package is absent."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from warmstart.engine.config import load_recipe
+from warmstart.engine.run import run_recipe
+from warmstart.engine.tracking import flatten, metric_items
+
+TINY = (Path(__file__).parent / "fault_tiny.yaml").read_text()
+TIMING = {"time_step_s", "tokens_per_s", "sample_tokens_per_s", "train_tokens_per_s", "eval_time_s"}
+
+
+def rows(run_dir):
+    out = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in out]
+
+
+def run(tmp, name, *sets):
+    p = tmp / "tiny.yaml"
+    p.write_text(TINY)
+    recipe, raw = load_recipe(p, overrides=list(sets))
+    summary = run_recipe(recipe, raw, run_dir=tmp / name, quiet=True)
+    return summary, tmp / name
+
+
+def test_flatten_and_metric_items_by_hand():
+    assert flatten({"a": {"b": 1}, "c": [{"d": 2}], "e": [1, 2], "f": None}) == {"a.b": 1, "c.0.d": 2, "e": [1, 2], "f": None}
+    step, m = metric_items({"step": 3, "phase": "grpo", "reward": 0.5, "n": 2, "ok": True, "x": "s", "nan": float("nan")})
+    assert step == 3 and m == {"grpo/reward": 0.5, "grpo/n": 2.0}
+
+
+@pytest.fixture(scope="module")
+def mlflow_run(tmp_path_factory):
+    pytest.importorskip("mlflow", reason="MLflow is not installed (pip install 'warmstart[tracking]')")
+    tmp = tmp_path_factory.mktemp("mlflow")
+    summary, run_dir = run(tmp, "run", "log.mlflow=true")
+    return summary, run_dir
+
+
+def test_mlflow_run_holds_params_every_metric_and_the_artifacts(mlflow_run):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    summary, run_dir = mlflow_run
+    uri = f"sqlite:///{run_dir.resolve() / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    df = mlflow.search_runs(experiment_names=["tiny-faults"])
+    assert len(df) == 1
+    r = df.iloc[0]
+    assert r["status"] == "FINISHED"
+    assert r["params.seed"] == "5" and r["params.phases.1.kind"] == "grpo" and r["params.policy.hidden_size"] == "16"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = json.loads((run_dir / "tracking.json").read_text())["mlflow"]
+    assert r["run_id"] == run_id
+    # every metric of metrics.jsonl, at its step, with its value
+    logged = rows(run_dir)
+    for key, phase in (("loss", "sft"), ("reward", "grpo"), ("accuracy", "grpo")):
+        want = [(x["step"], x[key]) for x in logged if x.get("phase") == phase]
+        got = [(m.step, m.value) for m in client.get_metric_history(run_id, f"{phase}/{key}")]
+        assert sorted(got) == pytest.approx(sorted(want)), key
+    assert r["metrics.final/accuracy"] == pytest.approx(summary["final"]["accuracy"])
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"summary.json", "curves.png"} <= names
+    local = Path(client.download_artifacts(run_id, "summary.json", str(run_dir.parent)))
+    assert json.loads(local.read_text())["final"] == json.loads((run_dir / "summary.json").read_text())["final"]
+
+
+def test_a_tracker_failing_mid_run_warns_and_the_run_goes_on_unchanged(mlflow_run, tmp_path, monkeypatch, capfd):
+    from warmstart.engine import tracking
+
+    _, ref_dir = mlflow_run
+    calls = []
+
+    def flaky(self, step, metrics):
+        calls.append(step)
+        if len(calls) == 3:
+            raise ConnectionError("tracking server went away")
+
+    monkeypatch.setattr(tracking.MlflowTracker, "log", flaky)
+    uri = f"sqlite:///{ref_dir.resolve() / 'mlruns' / 'mlflow.db'}"  # already created: no slow migration
+    summary, run_dir = run(tmp_path, "run", "log.mlflow=true", f"log.mlflow_uri={uri}")
+    err = capfd.readouterr().err
+    assert "MLflow tracking failed while logging step" in err and "tracking server went away" in err
+    assert "switched off" in err and "Traceback" not in err
+    assert len(calls) == 3  # switched off after the first failure
+    assert rows(run_dir) == rows(ref_dir)  # the run's own record is complete and unchanged
+    assert (run_dir / "final").is_dir() and summary["final"] is not None
+
+
+def test_an_unreachable_tracking_server_is_a_warning_not_a_failure(tmp_path, capfd):
+    pytest.importorskip("mlflow", reason="MLflow is not installed (pip install 'warmstart[tracking]')")
+    t0 = time.time()
+    summary, run_dir = run(tmp_path, "run", "log.mlflow=true", "log.mlflow_uri=http://127.0.0.1:9")
+    err = capfd.readouterr().err
+    assert "MLflow tracking could not start" in err and "the run goes on without it" in err
+    assert (run_dir / "summary.json").exists() and summary["final"] is not None
+    assert time.time() - t0 < 120
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_holds_config_metrics_and_files(tmp_path):
+    pytest.importorskip("wandb", reason="wandb is not installed (pip install 'warmstart[tracking]')")
+    summary, run_dir = run(tmp_path, "run", "log.wandb=offline")
+    run_id = json.loads((run_dir / "tracking.json").read_text())["wandb"]
+    (offline,) = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    files = offline / "files"
+    assert (files / "summary.json").exists() and (files / "curves.png").exists()
+    summ = json.loads((files / "wandb-summary.json").read_text())
+    assert summ["final/accuracy"] == pytest.approx(summary["final"]["accuracy"])
+    last = [x for x in rows(run_dir) if x.get("phase") == "grpo"][-1]
+    assert summ["grpo/reward"] == pytest.approx(last["reward"])
+    cfg = (files / "config.yaml").read_text()
+    assert "policy.hidden_size" in cfg and "phases.1.kind" in cfg
