@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,12 @@ def metric_items(row: dict) -> tuple[int | None, dict[str, float]]:
     return step, out
 
 
+def mlflow_key(key: str) -> str:
+    """A metric name MLflow accepts (alphanumerics and ``_-. :/``): ``eval/pass@k`` -> ``eval/pass_at_k``."""
+    key = key.replace("@", "_at_")
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
+
+
 class MlflowTracker:
     """One MLflow run per warmstart run, written with ``MlflowClient`` (no global active run)."""
 
@@ -81,7 +88,7 @@ class MlflowTracker:
             exp_id = self.client.create_experiment(experiment, artifact_location=where)
         self.run_id = self.client.create_run(exp_id, run_name=Path(run_dir).name,
                                              tags={"warmstart.run_dir": str(Path(run_dir).resolve())}).info.run_id
-        items = [Param(k[:250], str(v)[:6000]) for k, v in flatten(params).items()]
+        items = [Param(mlflow_key(k)[:250], str(v)[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters per batch
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
@@ -89,7 +96,7 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, v, now, step or 0) for k, v in metrics.items()]
+        items = [Metric(mlflow_key(k), v, now, step or 0) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
