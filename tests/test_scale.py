@@ -8,8 +8,10 @@ Ray instance (``num_cpus=2``, one thread per worker) and skip, saying why, when 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -137,6 +139,9 @@ def test_ray_rollout_and_search_workers_give_the_in_process_episodes_and_follow_
         local = search(InProcessWorkers(2))
         assert [g for g, _, _ in local[0]] == list(range(len(probs)))
         assert search(two) == local
+        # what cannot travel to a worker is a clear error, not a serialisation traceback
+        with pytest.raises(WarmstartError, match="the task, scorer and sampling settings cannot be sent to Ray workers"):
+            rollout(pol, probs, task=SimpleNamespace(lock=threading.Lock(), max_new_tokens=8), workers=two)
     assert ray_local.is_initialized()  # pools that joined a running Ray leave it running
 
 

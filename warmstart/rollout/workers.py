@@ -166,31 +166,45 @@ class RayWorkers:
                 raise WarmstartError(f"scale: could not start or join Ray (address={address!r}): {e}. "
                                      "Nothing was written.") from None
         self.actors: list = []
+        try:
+            self._start_actors(policy, workers, threads, ready_timeout_s)
+        except BaseException:  # leave no actors (and no Ray instance we started) behind
+            self.close()
+            raise
+        self.version, self._fingerprint = 0, None
+        self.sync_time_s = 0.0
+
+    def _start_actors(self, policy, workers: int, threads: int, ready_timeout_s: float) -> None:
+        ray = self.ray
         need, have = workers * threads, ray.cluster_resources().get("CPU", 0)
         if need > have:
-            self.close()
             raise ConfigError(f"scale: {workers} workers x {threads} threads need {need} CPUs; the Ray cluster has "
                               f"{have:g}. Lower scale.workers or scale.threads, or add nodes.")
         actor = ray.remote(num_cpus=threads)(PolicyWorker)
         env = {"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
-        policy_ref = ray.put(policy)  # one serialisation, shared by every actor
+        policy_ref = self._put(policy, "the policy")  # one serialisation, shared by every actor
         self.actors = [actor.options(runtime_env=env).remote(policy_ref, threads) for _ in range(workers)]
         # an actor that cannot be placed (CPUs held by other jobs) would otherwise wait forever, silently
         ready, _ = ray.wait([a.ready.remote() for a in self.actors], num_returns=workers, timeout=ready_timeout_s)
         if len(ready) < workers:
-            self.close()
             raise WarmstartError(f"scale: only {len(ready)} of {workers} Ray workers started within {ready_timeout_s:g} s "
                                  f"(each needs {threads} free CPU(s); free now: {ray.available_resources().get('CPU', 0):g}). "
                                  "Free CPUs in the cluster or lower scale.workers.")
         self._get(ready)  # a worker that failed to start (e.g. the policy could not be unpickled) says why
-        self.version, self._fingerprint = 0, None
-        self.sync_time_s = 0.0
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _put(self, obj, what: str):
+        try:
+            return self.ray.put(obj)
+        except Exception as e:  # e.g. a task holding a lock, an open socket or a process handle
+            raise WarmstartError(f"scale: {what} cannot be sent to Ray workers ({type(e).__name__}: {e}). Objects that "
+                                 "travel to workers must be picklable; sample in-process (drop the scale: block) "
+                                 "or make the object picklable.") from None
 
     def _sync(self, policy) -> None:
         fp = _weights_fingerprint(policy.model)
@@ -199,7 +213,7 @@ class RayWorkers:
         t0 = time.time()
         self.version += 1
         state = {k: v.detach().cpu() for k, v in policy.model.state_dict().items()}
-        ref = self.ray.put(state)
+        ref = self._put(state, "the policy's weights")
         self._get([a.load.remote(self.version, ref) for a in self.actors])
         self._fingerprint = fp
         self.sync_time_s += time.time() - t0
@@ -224,7 +238,7 @@ class RayWorkers:
         the in-process run)."""
         self._sync(policy)
         ray = self.ray
-        common_ref = ray.put(common)  # the task, sampling settings ...: serialised once per call
+        common_ref = self._put(common, "the task, scorer and sampling settings")  # serialised once per call
         refs = []
         for k, (kw, g) in enumerate(zip(shards, generators)):
             actor = self.actors[k % self.workers]
