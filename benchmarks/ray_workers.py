@@ -16,7 +16,10 @@ level. A direct check compares the episodes of one rollout token for token and l
 One local Ray instance (``num_cpus=2``) serves every Ray mode; each run creates and kills its actors
 (that cost is the ``start_s`` column).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ray_workers.py --steps 6 --repeats 3
+    OMP_NUM_THREADS=1 RAY_memory_monitor_refresh_ms=0 .venv/bin/python benchmarks/ray_workers.py --steps 3 --sft-steps 10
+
+``RAY_memory_monitor_refresh_ms=0`` stops Ray's out-of-memory killer, which counts the whole machine's
+memory: on a shared machine other people's jobs got these 300 MB actors killed.
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ def main() -> None:
         print(f"| {name} | {step:.3f} | {step / base:.2f} | {wall:.1f} | {same} |")
     print(f"\ndirect check, one rollout of 32 x 8 (ids and log-probs): in-process shards 2 == 2 Ray workers: "
           f"{'yes' if same_direct else 'NO'}")
-    print(f"\n`OMP_NUM_THREADS=1 .venv/bin/python benchmarks/{Path(__file__).name} "
+    print(f"\n`OMP_NUM_THREADS=1 RAY_memory_monitor_refresh_ms=0 .venv/bin/python benchmarks/{Path(__file__).name} "
           f"{' '.join(shlex.quote(a) for a in sys.argv[1:])}`")
 
 

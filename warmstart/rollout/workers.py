@@ -228,9 +228,10 @@ class RayWorkers:
                 raise cause from None
             raise WarmstartError(f"a Ray rollout worker failed: {type(cause).__name__ if cause else 'error'}: "
                                  f"{cause if cause else e}") from None
-        except ray.exceptions.RayActorError as e:
-            raise WarmstartError(f"a Ray rollout worker died ({e}). The run's checkpoints are intact; resume with "
-                                 "`warmstart run <recipe> --run-dir <dir> --resume`.") from None
+        except (ray.exceptions.RayActorError, ray.exceptions.RayError) as e:  # died, OOM-killed, node lost ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WarmstartError(f"a Ray rollout worker was lost ({type(e).__name__}: {first}). The run's checkpoints "
+                                 "are intact; resume with `warmstart run <recipe> --run-dir <dir> --resume`.") from None
 
     def map(self, policy, fn: ShardFn, common: dict, shards: list[dict], generators: list) -> list:
         """Run ``fn`` on every shard, shard ``k`` on actor ``k % workers``; results in shard order.
