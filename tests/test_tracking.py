@@ -119,9 +119,14 @@ def test_wandb_offline_run_holds_config_metrics_and_files(tmp_path):
     assert (files / "summary.json").exists() and (files / "curves.png").exists()
     # the offline run's record log (protobuf records, read by `wandb sync`; wandb ships no reader for it):
     # every key it was given, with its JSON value, is in it as text
-    log = next(offline.glob("run-*.wandb")).read_bytes()
+    path = next(offline.glob("run-*.wandb"))
+    keys = (b"grpo/reward", b"sft/loss", b"eval/accuracy", b"final/accuracy", b"policy.hidden_size", b"phases.1.kind")
+    deadline = time.time() + 90  # wandb's service writes the log behind run.finish(): wait for it
+    while not all(k in path.read_bytes() for k in keys) and time.time() < deadline:
+        time.sleep(1)
+    log = path.read_bytes()
     last = [x for x in rows(run_dir) if x.get("phase") == "grpo"][-1]
-    for key in (b"grpo/reward", b"sft/loss", b"eval/accuracy", b"final/accuracy", b"policy.hidden_size", b"phases.1.kind"):
+    for key in keys:
         assert key in log, key
     assert json.dumps(summary["final"]["accuracy"]).encode() in log
     assert json.dumps(last["loss"]).encode() in log
