@@ -46,6 +46,7 @@ def mlflow_run(tmp_path_factory):
     return summary, run_dir
 
 
+@pytest.mark.slow
 def test_mlflow_run_holds_params_every_metric_and_the_artifacts(mlflow_run):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -77,6 +78,7 @@ def test_mlflow_run_holds_params_every_metric_and_the_artifacts(mlflow_run):
     assert json.loads(local.read_text())["final"] == json.loads((run_dir / "summary.json").read_text())["final"]
 
 
+@pytest.mark.slow
 def test_a_tracker_failing_mid_run_warns_and_the_run_goes_on_unchanged(mlflow_run, tmp_path, monkeypatch, capfd):
     from warmstart.engine import tracking
 
