@@ -232,6 +232,11 @@ class OptimizerAndReference(PhaseBase):
     reference = None
     saves_reference = True  # False where the reference lives in the run's artifacts instead
 
+    def on_start(self, step: int) -> None:
+        # the KL reference is the policy as the phase starts (cfg.beta > 0 only: it costs a forward a step)
+        if self.cfg.beta > 0 and self.reference is None:
+            self.reference = frozen_copy(self.policy.model)
+
     def state_dict(self) -> dict:
         st = {"opt": self.opt.state_dict()}
         if self.reference is not None and self.saves_reference:
@@ -255,10 +260,6 @@ class GRPOPhase(OptimizerAndReference):
             raise ConfigError(f"phase '{cfg.label}' (grpo) needs at least one reward term in the recipe's `rewards:` list.")
         self.cfg, self.ctx, self.policy = cfg, ctx, ctx.policy
         self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay)
-
-    def on_start(self, step: int) -> None:
-        if self.cfg.beta > 0 and self.reference is None:
-            self.reference = frozen_copy(self.policy.model)
 
     def step(self, step: int, global_step: int) -> dict:
         cfg, ctx = self.cfg, self.ctx

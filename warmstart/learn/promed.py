@@ -39,7 +39,7 @@ from warmstart.contracts import MultiTurnTask, TokenPolicy
 from warmstart.episode import Episode, collate
 from warmstart.errors import ConfigError
 from warmstart.functional import group_advantages
-from warmstart.learn.grpo import GRPOConfig, OptimizerAndReference, frozen_copy, grpo_update, throughput
+from warmstart.learn.grpo import GRPOConfig, OptimizerAndReference, grpo_update, throughput
 from warmstart.learn.multi_turn import per_turn_to_tokens
 from warmstart.learn.optim import OptimizerPhase, Schedule, lr_at, make_adamw, set_lr
 from warmstart.learn.supervised import sft_update
@@ -246,10 +246,6 @@ class ProMedGRPOPhase(OptimizerAndReference):
         self.task = _require_promed(ctx.task, cfg.label)
         self.cfg, self.ctx, self.policy = cfg, ctx, ctx.policy
         self.opt = make_adamw(self.policy.model.parameters(), cfg.lr, cfg.weight_decay)
-
-    def on_start(self, step: int) -> None:
-        if self.cfg.beta > 0 and self.reference is None:
-            self.reference = frozen_copy(self.policy.model)
 
     def step(self, step: int, global_step: int) -> dict:
         cfg, ctx, K = self.cfg, self.ctx, self.task.max_turns
