@@ -16,6 +16,7 @@ tests are stored in ``--results`` with ``.retest`` inserted before the suffix.
 
     python benchmarks/pdppo_paper_protocol.py [--cells paper-15x5:stoch paper-15x5:det paper-5x2:stoch paper-5x2:det]
         [--seeds 1 2 3 4 5] [--iters 125] [--episodes 100] [--results runs/pdppo-paper/results.jsonl] [--report]
+        [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ def load(path: Path) -> list[dict]:
 def run_one(cell: str, algo: str, seed: int, args) -> dict:
     preset, demand = cell.split(":")
     sets = [f"seed={seed}", f"phases.0.steps={args.iters}", f"eval.n={args.episodes}",
-            f"task.env_kwargs.preset={preset}", f"task.env_kwargs.stochastic_demand={str(demand == 'stoch').lower()}"]
+            f"task.env_kwargs.preset={preset}", f"task.env_kwargs.stochastic_demand={str(demand == 'stoch').lower()}",
+            *args.sets]
     t0 = time.time()
     summary, train = run(f"{algo}-lotsizing-paper", sets, args.out / f"{preset}-{demand}-{algo}-{seed}")
     last = train[-1]
-    return {"cell": cell, "algo": algo, "seed": seed, "iters": args.iters, "episodes": args.episodes,
+    return {"cell": cell, "algo": algo, "seed": seed, "iters": args.iters, "episodes": args.episodes, "sets": args.sets,
             "test_cost": summary["final"]["mean_cost"], "test_cost_std": summary["final"]["std_cost"],
             "best_train_return": last.get("best_return"), "last_train_return": last.get("episodic_return"),
             "env_steps": last["env_steps"], "wall_s": round(time.time() - t0, 1)}
@@ -54,20 +56,26 @@ def run_one(cell: str, algo: str, seed: int, args) -> dict:
 
 def retest(row: dict, args) -> dict:
     """Test the kept (best) policy of a finished run with sampled actions on the same episodes."""
+    import yaml
+
     from warmstart.config import EvalConfig
     from warmstart.policies import load_policy
     from warmstart.tasks.gym import GymTask, GymTaskConfig
 
     preset, demand = row["cell"].split(":")
-    policy = load_policy(args.out / f"{preset}-{demand}-{row['algo']}-{row['seed']}" / "final")
-    task = GymTask(GymTaskConfig(kind="gym", env_id="warmstart/LotSizing-v0", greedy_eval=False,
-                                 env_kwargs={"preset": preset, "stochastic_demand": demand == "stoch"}), split="test")
+    run_dir = args.out / f"{preset}-{demand}-{row['algo']}-{row['seed']}"
+    policy = load_policy(run_dir / "final")
+    # the env exactly as the run had it (the recipe's env_kwargs and any --set on them)
+    env_kwargs = yaml.safe_load((run_dir / "config.yaml").read_text())["task"]["env_kwargs"]
+    task = GymTask(GymTaskConfig(kind="gym", env_id="warmstart/LotSizing-v0", greedy_eval=False, env_kwargs=env_kwargs),
+                   split="test")
     ev = task.evaluate(policy, EvalConfig(n=row["episodes"]))
-    return {k: row[k] for k in ("cell", "algo", "seed", "iters", "episodes")} | {"test_cost_sampled": ev["mean_cost"]}
+    return {k: row[k] for k in ("cell", "algo", "seed", "iters", "episodes")} | {"sets": row.get("sets", []),
+                                                                               "test_cost_sampled": ev["mean_cost"]}
 
 
 def _same(a: dict, b: dict) -> bool:
-    return all(a[k] == b[k] for k in ("cell", "algo", "seed", "iters", "episodes"))
+    return all(a[k] == b[k] for k in ("cell", "algo", "seed", "iters", "episodes")) and a.get("sets", []) == b.get("sets", [])
 
 
 def report(rows: list[dict], episodes: int, with_refs: bool) -> None:
@@ -102,6 +110,9 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=None, help="JSON lines of finished runs (default: OUT/results.jsonl)")
     ap.add_argument("--report", action="store_true", help="print the table of the finished runs and exit")
     ap.add_argument("--no-refs", action="store_true", help="skip the base-stock and random references")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="recipe override for every run, repeatable (e.g. task.env_kwargs.observe_time=false for "
+                         "the authors' raw states); use another --out per variant")
     args = ap.parse_args()
     torch.set_num_threads(1)
     results = args.results or args.out / "results.jsonl"
@@ -115,7 +126,7 @@ def main() -> None:
                 for algo in ARMS:
                     done = load(results)
                     if any(r["cell"] == cell and r["algo"] == algo and r["seed"] == seed and r["iters"] == args.iters
-                           and r["episodes"] == args.episodes for r in done):
+                           and r["episodes"] == args.episodes and r.get("sets", []) == args.sets for r in done):
                         continue
                     row = run_one(cell, algo, seed, args)
                     with results.open("a") as f:
@@ -123,7 +134,7 @@ def main() -> None:
                     print(f"  {cell} {algo:5s} seed {seed}: test cost {row['test_cost']:.1f} "
                           f"(best train return {row['best_train_return']:.1f}, {row['wall_s']:.0f} s)", flush=True)
     rows = [r for r in load(results) if r["iters"] == args.iters and r["episodes"] == args.episodes
-            and r["cell"] in args.cells and r["seed"] in args.seeds]
+            and r["cell"] in args.cells and r["seed"] in args.seeds and r.get("sets", []) == args.sets]
     retests = results.with_suffix(".retest" + results.suffix)
     for r in rows:  # the sampled test of each kept policy (done once, stored)
         done = load(retests)

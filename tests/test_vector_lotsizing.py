@@ -187,3 +187,28 @@ def test_vector_gym_task_builds_the_numpy_vector_env():
     # a time-limit override only the per-env wrapper applies; CartPole's own vector env has another contract
     assert isinstance(GymTask(GymTaskConfig(**cfg, max_episode_steps=50)).make_envs(2, seed=0)[0], VecEnv)
     assert isinstance(GymTask(GymTaskConfig(kind="gym", env_id="CartPole-v1")).make_envs(2, seed=0)[0], VecEnv)
+
+
+def test_vector_lotsizing_observe_time_appends_elapsed_fraction():
+    """observe_time: observations end with t / horizon, the post-decision state keeps the state's
+    time (a decision does not advance the clock), and an autoreset env restarts at 0."""
+    p = _tiny(observe_time=True, horizon=4)
+    env = L.LotSizingEnv(params=p)
+    assert env.observation_space.shape == (5,) and env.observation_space.high[-1] == 1.0
+    obs, _ = env.reset(seed=0)
+    assert obs[-1] == 0.0
+    for t in range(1, 4):
+        prev = obs
+        obs, _, _, trunc, info = env.step(np.array([1, 2]))
+        assert obs[-1] == pytest.approx(t / 4) and not trunc
+        assert info["post_decision_state"][-1] == pytest.approx((t - 1) / 4)
+        np.testing.assert_allclose(L.post_decision_state(p, prev, np.array([1, 2])), info["post_decision_state"])
+    vec = L.LotSizingVecEnv(3, params=p)
+    obs = vec.reset(seed=1)
+    assert obs.shape == (3, 5) and (obs[:, -1] == 0).all()
+    for t in range(1, 5):
+        obs, _, _, trunc, info = vec.step(np.ones((3, 2), dtype=np.int64))
+        assert np.allclose(info["post_decision_state"][:, -1], (t - 1) / 4)
+    assert trunc.all() and (obs[:, -1] == 0).all() and np.allclose(info["final_obs"][:, -1], 1.0)
+    # off by default: the paper's layout [inventory, setup]
+    assert L.LotSizingEnv(params=_tiny()).observation_space.shape == (4,)

@@ -60,6 +60,7 @@ class LotSizingParams:
     stochastic_demand: bool = True  # False: demand is exactly demand_n * demand_p every period
     horizon: int = 100
     random_reset: bool = False  # True: reset draws the inventory and setups (the paper's env)
+    observe_time: bool = False  # True: observations end with t / horizon (time-limit awareness, see _with_time)
 
     def __post_init__(self):
         validate_params(self)
@@ -255,14 +256,27 @@ def post_decision_state(params: LotSizingParams, state: np.ndarray, action: np.n
     setups switched and production added (capped), before any demand. Same layout and dtype as an
     observation."""
     state = np.asarray(state, dtype=np.float64).reshape(1, -1)
-    inv, setup = state[:, : params.n_items], state[:, params.n_items :]
+    I, M = params.n_items, params.n_machines
+    inv, setup = state[:, :I], state[:, I : I + M]
     post_inv, new_setup, _ = _deterministic_part(params, inv, setup, np.asarray(action).reshape(1, -1))
-    return np.concatenate([post_inv, new_setup], axis=1)[0].astype(np.float32)
+    # the decision does not advance the clock: the post-decision state keeps the state's time feature
+    return np.concatenate([post_inv, new_setup, state[:, I + M :]], axis=1)[0].astype(np.float32)
+
+
+def _with_time(p: LotSizingParams, state: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``state`` (B, I + M) with the elapsed fraction ``t / horizon`` (B,) appended when
+    ``observe_time`` is on. Why: the episode is truncated at ``horizon``, so the return from a state
+    depends on the periods left; without them in the observation a critic cannot predict Monte-Carlo
+    returns (their spread over one batch is mostly the time left), and its baseline is noise
+    (Pardo et al. 2018, "Time limits in reinforcement learning")."""
+    if not p.observe_time:
+        return state.astype(np.float32)
+    return np.concatenate([state, (np.asarray(t, dtype=np.float64) / p.horizon).reshape(-1, 1)], axis=1).astype(np.float32)
 
 
 def _spaces(p: LotSizingParams):
     action = spaces.MultiDiscrete(np.full(p.n_machines, p.n_items + 1, dtype=np.int64))
-    high = np.concatenate([p.max_inventory, np.full(p.n_machines, float(p.n_items))]).astype(np.float32)
+    high = np.concatenate([p.max_inventory, np.full(p.n_machines, float(p.n_items))] + ([np.ones(1)] if p.observe_time else [])).astype(np.float32)
     return spaces.Box(low=np.zeros_like(high), high=high, dtype=np.float32), action
 
 
@@ -279,7 +293,7 @@ class LotSizingEnv(gym.Env):
         self._t = 0
 
     def _obs(self) -> np.ndarray:
-        return np.concatenate([self._inv, self._setup], axis=1)[0].astype(np.float32)
+        return _with_time(self.params, np.concatenate([self._inv, self._setup], axis=1), np.array([self._t]))[0]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -290,7 +304,7 @@ class LotSizingEnv(gym.Env):
     def step(self, action):
         p = self.params
         post_inv, self._setup, setup_cost = _deterministic_part(p, self._inv, self._setup, action)
-        post = np.concatenate([post_inv, self._setup], axis=1)[0].astype(np.float32)
+        post = _with_time(p, np.concatenate([post_inv, self._setup], axis=1), np.array([self._t]))[0]
         self._inv, lost, holding = _demand_part(p, post_inv, _draw_demand(p, self.np_random, 1))
         setup_cost, lost_cost, holding = float(setup_cost[0]), float(lost[0]), float(holding[0])
         cost = setup_cost + lost_cost + holding
@@ -328,7 +342,7 @@ class LotSizingVecEnv:
         self.reset()
 
     def _obs(self) -> np.ndarray:
-        return np.concatenate([self._inv, self._setup], axis=1).astype(np.float32)  # (N, I + M)
+        return _with_time(self.params, np.concatenate([self._inv, self._setup], axis=1), self._t)  # (N, I + M [+ 1])
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         self._rng = np.random.default_rng(seed)
@@ -340,7 +354,7 @@ class LotSizingVecEnv:
     def step(self, actions: np.ndarray):
         p, n = self.params, self.num_envs
         post_inv, self._setup, setup_cost = _deterministic_part(p, self._inv, self._setup, actions)
-        post = np.concatenate([post_inv, self._setup], axis=1).astype(np.float32)
+        post = _with_time(p, np.concatenate([post_inv, self._setup], axis=1), self._t)
         self._inv, lost, holding = _demand_part(p, post_inv, _draw_demand(p, self._rng, n))
         cost = setup_cost + lost + holding  # (N,)
         self._t += 1
@@ -357,7 +371,7 @@ class LotSizingVecEnv:
             inv, setup = _initial_state(p, self._rng, len(idx))
             self._inv[idx], self._setup[idx] = inv, setup
             self._t[idx], self._ret[idx] = 0, 0.0
-            obs[idx] = np.concatenate([inv, setup], axis=1)
+            obs[idx] = _with_time(p, np.concatenate([inv, setup], axis=1), self._t[idx])
         return obs, -cost, np.zeros(n, dtype=bool), trunc, info
 
     def close(self) -> None:
