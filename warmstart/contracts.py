@@ -58,6 +58,17 @@ class TokenPolicy(Protocol):
 
 
 @runtime_checkable
+class ImageTokenPolicy(TokenPolicy, Protocol):
+    """A token policy that reads images (see :class:`warmstart.policies.vlm.VLMPolicy`): prompts with
+    images, and environment messages that bring new ones mid-episode (a tool's output), each image
+    written as its placeholder tokens (``images`` per row in ``sample`` and ``forward_logprobs``)."""
+
+    image_token_id: int
+
+    def encode_message(self, text: str, role: str | None, closed: bool = True, images=()) -> list[int]: ...
+
+
+@runtime_checkable
 class VectorPolicy(Protocol):
     """An actor(-critic) over vector observations (see :class:`warmstart.policies.mlp.MLPPolicy`)."""
 

@@ -387,8 +387,45 @@ class VLMPolicy:
 
     # continuations are plain text: the text policy's own encode/decode (they read only the tokenizer)
     encode = LMPolicy.encode
-    encode_message = LMPolicy.encode_message
     decode = LMPolicy.decode
+
+    def encode_message(self, text: str, role: str | None, closed: bool = True, images: Sequence[Any] = ()) -> list[int]:
+        """Token ids of an environment message appended mid-episode (a tool's output), as the text
+        policy's :meth:`LMPolicy.encode_message` (``role`` None: plain text), plus its ``images``
+        (a tool's zoomed crop): each image's placeholder tokens after the text -- inside the role's
+        turn, as an image content part, when the chat template renders the role. These ids are
+        appended to the sampled ones (token-in, token-out); the images join ``Episode.images``."""
+        if not images:
+            return LMPolicy.encode_message(self, text, role, closed) if role else self.encode(text)
+        pil = [load_image(im, f"{role or 'environment'} message {text.strip()[:40]!r}, image {k}") for k, im in enumerate(images)]
+        if not (self.chat and role):
+            return self._expand_images(text + self.image_token * len(pil), pil)
+        # the template's own markers for the role, found as LMPolicy.encode_message finds them: render a
+        # probe conversation with and without the message; the message's part is what it adds
+        probe = [{"role": "user", "content": [{"type": "text", "text": "?"}]},
+                 {"role": "assistant", "content": [{"type": "text", "text": "\x00probe\x00"}]}]
+        msg = {"role": role, "content": [{"type": "text", "text": text.strip()}, *({"type": "image"} for _ in pil)]}
+        before = self.processor.apply_chat_template(probe, add_generation_prompt=False, tokenize=False)
+        after = self.processor.apply_chat_template(probe + [msg], add_generation_prompt=True, tokenize=False)
+        cut = before.index("\x00probe\x00") + len("\x00probe\x00")
+        eos = self.tokenizer.eos_token or ""
+        if closed and eos and before[cut:].startswith(eos):
+            cut += len(eos)  # the sampled turn already ends with EOS
+        if after[:cut] != before[:cut]:
+            raise WarmstartError(f"the chat template renders earlier turns differently once a {role!r} message follows; "
+                                 "a message cannot be appended token-in, token-out with it.")
+        return self._expand_images(after[cut:], pil)
+
+    def _expand_images(self, text: str, pil: list) -> list[int]:
+        """Ids of ``text`` (no special tokens added) with each image placeholder expanded into that
+        image's tokens: ``image_seq_length`` of them for a Llava, what the processor computes otherwise."""
+        if self.llava:
+            n = text.count(self.image_token)
+            if n != len(pil):
+                raise DataError(f"a message has {n} image placeholders for {len(pil)} images.")
+            text = text.replace(self.image_token, self.image_token * self.model.config.image_seq_length)
+            return self.encode(text)
+        return self.processor(text=[text], images=pil, return_tensors="pt")["input_ids"][0].tolist()
 
     # ---------------------------------------------------------------------------------- sampling
     def sample(

@@ -13,7 +13,11 @@ none at all) ends every episode after its first turn. Token-in, token-out: the c
 token ids sampled and appended so far, never a re-rendered conversation. Environment messages are
 tokenised with ``policy.encode`` as plain text, or -- when the task names the message's ``role``
 (e.g. ``"tool"``) -- with ``policy.encode_message``, which wraps it in the chat template's markers for
-that role (plain text for a policy without a template).
+that role (plain text for a policy without a template). A message may bring images (a tool's zoomed
+crop): they are appended to ``Episode.images`` (``img_2``, ``img_3``, ... after the prompt's) and
+their placeholder tokens follow the message's text, environment tokens like it; the policy (an
+:class:`~warmstart.contracts.ImageTokenPolicy`) encodes them when it samples the next turn and when
+it is trained.
 
 After the loop, ``rewards`` (a :class:`~warmstart.rewards.RewardSet`) scores the episodes when given:
 whole-episode terms go to ``episode.rewards``, per-turn terms to ``episode.turn_rewards[k]``, and
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from warmstart.contracts import RespondsToTurns
+from warmstart.contracts import ImageTokenPolicy, RespondsToTurns
 from warmstart.episode import Episode
 from warmstart.errors import ConfigError
 from warmstart.rollout.workers import shard_generators, split_evenly
@@ -145,9 +149,13 @@ def rollout(
             e.turn_rewards[turn] = dict(res.rewards)
             if res.done or res.message is None or turn + 1 >= turns:
                 continue
-            # a message with a role (a tool's output) is wrapped in the policy's chat template for that role
-            if res.role:
-                closed = bool(ids) and ids[-1] == policy.eos_id  # a turn cut at its limit has no end marker yet
+            closed = bool(ids) and ids[-1] == policy.eos_id  # a turn cut at its limit has no end marker yet
+            if res.images:
+                _check_reads_images(policy, task, turn)
+                # a new list: the samples of a group started from one shared list of prompt images
+                e.images = [*e.images, *res.images]
+                e.add_env(policy.encode_message(res.message, res.role, closed, images=res.images))
+            elif res.role:  # a message with a role (a tool's output) is wrapped in the chat template for that role
                 e.add_env(policy.encode_message(res.message, res.role, closed))
             else:
                 e.add_env(policy.encode(res.message))
@@ -156,6 +164,13 @@ def rollout(
     dt = time.time() - t0
     _score(episodes, rewards)
     return episodes, {"sample_time_s": dt, "sampled_tokens": ntok, "sample_tokens_per_s": ntok / max(dt, 1e-9)}
+
+
+def _check_reads_images(policy, task, turn: int) -> None:
+    if not isinstance(policy, ImageTokenPolicy):
+        raise ConfigError(f"the task ({type(task).__name__}) answered turn {turn} with an image (a tool's output), but the "
+                          f"policy ({type(policy).__name__}) reads text only: use a vision-language policy "
+                          "(policy.kind: vlm) or the task's text variant.")
 
 
 def _score(episodes: list[Episode], rewards) -> None:

@@ -29,6 +29,10 @@ class TurnResult:
     # who speaks ``message``: None = plain text appended as is; a chat role (e.g. "tool") lets a chat
     # policy wrap it in its template's markers for that role (see LMPolicy.encode_message)
     role: str | None = None
+    # images that come with ``message`` (a tool's zoomed crop, a chart with a line drawn): the rollout
+    # appends them to ``Episode.images`` (``img_2``, ``img_3``, ...) and their placeholder tokens after
+    # the message's text, as environment tokens; only a policy that reads images may receive them
+    images: list[Any] = field(default_factory=list)
 
 
 @dataclass

@@ -1,10 +1,14 @@
-"""Chart question answering with tools (V-ToolRL, METHODS.md §E), text-chart variant.
+"""Chart question answering with tools (V-ToolRL, METHODS.md §E): text charts and rendered bar/line charts.
 
-Each problem is a bar chart the generator keeps (labels ``A``, ``B``, ... and integer values) and a
-question that needs exact values: a bar's value, the difference of two bars, the largest value. The
-policy is shown the chart only approximately -- every value rounded to a multiple of ``coarse``, as
-a reader estimates bar heights -- and may call the chart tools (:mod:`warmstart.tools.chart`) for
-exact readings, one JSON action per turn in the paper's format::
+Each problem is a chart the generator keeps (labels ``A``, ``B``, ... and integer values) and a
+question that needs exact values: a bar's value (``value``), the difference of two bars (``diff``),
+the largest value (``max``), which bar is largest (``argmax``), the sum over a run of bars
+(``sum``). The policy sees the chart only approximately and may call the chart tools
+(:mod:`warmstart.tools.chart`) for exact readings, one JSON action per turn in the paper's format.
+``view: text``: every value is shown rounded to a multiple of ``coarse``, as a reader estimates bar
+heights. ``view: image``: the chart is a picture (``img_1``, a bar or line chart rendered from the
+data, :func:`warmstart.tools.chart.render_chart`) for a vision-language policy; ``zoom`` and
+``draw_line`` answer with new pictures (``img_2``, ``img_3``, ...) that join the episode::
 
     prompt   A~40 B~75 C~20 D~90 E~10 F~50 G~30 H~60\\nvalue of C?\\n
     turn 1   {"thought":"","actions":[{"name":"read_value","arguments":{"label":"C"}}]}</s>
@@ -25,7 +29,9 @@ rounded chart without tools, so the cold start mixes both habits and RL decides 
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -35,11 +41,12 @@ from warmstart.episode import Episode
 from warmstart.errors import ConfigError
 from warmstart.registry import TASKS
 from warmstart.tasks.base import Problem, TurnResult, normalize_answer
-from warmstart.tools import ERROR_KINDS, failure
+from warmstart.tools import ERROR_KINDS, failure, next_image_id
 from warmstart.tools.actions import final_answer, format_action, parse_action
+from warmstart.tools.chart import render_chart
 from warmstart.tools.server import ToolsConfig, open_tools, release_tools
 
-QUESTIONS = ("value", "diff", "max")
+QUESTIONS = ("value", "diff", "max", "argmax", "sum")
 
 
 class ChartTaskConfig(PluginConfig):
@@ -47,7 +54,16 @@ class ChartTaskConfig(PluginConfig):
     n_bars: int = Field(8, ge=2, le=26, description="bars per chart (labels A, B, ...)")
     max_value: int = Field(99, ge=10, description="values are integers in [0, max_value]")
     coarse: int = Field(5, ge=1, description="the prompt shows every value rounded to a multiple of this")
-    questions: list[str] = Field(list(QUESTIONS), min_length=1, description=f"question kinds, drawn uniformly ({', '.join(QUESTIONS)})")
+    questions: list[str] = Field(["value", "diff", "max"], min_length=1,
+                                 description=f"question kinds, drawn uniformly ({', '.join(QUESTIONS)})")
+    view: Literal["text", "image"] = Field("text", description="how the policy sees the chart: values rounded to `coarse` "
+                                                                "in text, or a rendered picture (a vision-language policy)")
+    charts: list[Literal["bar", "line"]] = Field(["bar"], min_length=1, description="view: image -- chart kinds, drawn uniformly")
+    image_width: int = Field(96, ge=16, le=1024, description="view: image -- width of the rendered chart in pixels")
+    image_height: int = Field(64, ge=16, le=1024, description="view: image -- height of the rendered chart in pixels")
+    tokens_per_image: int = Field(64, ge=1, description="view: image -- an upper bound of the tokens one image takes "
+                                                        "(the context check before another turn)")
+    sum_span: int = Field(3, ge=2, le=26, description="sum questions add up to this many neighbouring bars (zoom shows 4)")
     n_train: int = Field(20000, ge=1, description="training charts (a fixed pool drawn with replacement)")
     n_demos: int = Field(3000, ge=0, description="charts turned into scripted SFT trajectories")
     n_test: int = Field(500, ge=1, description="held-out charts")
@@ -102,6 +118,11 @@ class ChartTask:
         for _ in range(n):
             chart = self._chart(rng)
             q = rng.choice(self.cfg.questions)
+            while q == "argmax" and chart["values"].count(max(chart["values"])) > 1:
+                chart = self._chart(rng)  # "which bar is largest?" has one answer
+            if self.cfg.view == "image":  # what the tools need to draw it (the state of every call)
+                chart.update(kind=rng.choice(self.cfg.charts), ymax=self.cfg.max_value,
+                             image=[self.cfg.image_width, self.cfg.image_height])
             labels, values = chart["labels"], chart["values"]
             if q == "value":
                 a = rng.randrange(len(labels))
@@ -109,21 +130,38 @@ class ChartTask:
             elif q == "diff":
                 a, b = rng.sample(range(len(labels)), 2)
                 text, ans, about = f"{labels[a]} minus {labels[b]}?", values[a] - values[b], [labels[a], labels[b]]
-            else:
+            elif q == "max":
                 text, ans, about = "largest value?", max(values), []
-            view = " ".join(f"{lab}~{_round(v, self.cfg.coarse)}" for lab, v in zip(labels, values))
-            out.append(Problem(prompt=f"{view}\n{text}\n", answer=str(ans),
+            elif q == "argmax":
+                text, ans, about = "largest bar?", labels[values.index(max(values))], []
+            else:  # a run of neighbouring bars, as one zoom shows them
+                k = rng.randint(2, min(self.cfg.sum_span, len(labels)))
+                a = rng.randrange(len(labels) - k + 1)
+                about = labels[a : a + k]
+                text, ans = f"sum of {about[0]}..{about[-1]}?", sum(values[a : a + k])
+            if self.cfg.view == "image":
+                head = f"img_1: {chart['kind']} chart {labels[0]}-{labels[-1]}"
+            else:
+                head = " ".join(f"{lab}~{_round(v, self.cfg.coarse)}" for lab, v in zip(labels, values))
+            out.append(Problem(prompt=f"{head}\n{text}\n", answer=str(ans),
                                info={"chart": chart, "question": q, "about": about}))
         return out
 
+    def _shown(self, p: Problem) -> Problem:
+        """The problem with its chart picture (view: image): rendered when drawn, not kept for the pool."""
+        if self.cfg.view != "image":
+            return p
+        c = p.info["chart"]
+        return dataclasses.replace(p, images=[render_chart(c["kind"], c["labels"], c["values"], c["ymax"], *c["image"])])
+
     def sample_problems(self, n: int, generator: torch.Generator) -> list[Problem]:
         idx = torch.randint(len(self.problems), (n,), generator=generator).tolist()
-        return [self.problems[i] for i in idx]
+        return [self._shown(self.problems[i]) for i in idx]
 
     def eval_problems(self, n: int) -> list[Problem]:
         if n > len(self.problems):
             raise ConfigError(f"eval.n is {n} but task.n_test is {len(self.problems)}: raise task.n_test or lower eval.n.")
-        return self.problems[:n]
+        return [self._shown(p) for p in self.problems[:n]]
 
     # -- checking
     def is_correct(self, text: str, problem_answer: str) -> bool:
@@ -164,13 +202,14 @@ class ChartTask:
         else:
             res = self.tools.call(act.name, act.arguments, episode.info["chart"])
         calls.append({"name": res.name, "ok": res.ok, "error_kind": res.error_kind})
-        message = f"\nOBSERVATION: {res.observation()}\n"
+        message = _observation(res, episode.images)
         # characters bound tokens from above (a token is at least one character), + a margin for role markers
-        need = len(episode.prompt_ids) + len(episode.ids) + len(message) + 16 + self.max_new_tokens
+        need = (len(episode.prompt_ids) + len(episode.ids) + len(message) + 16 + self.max_new_tokens
+                + self.cfg.tokens_per_image * len(res.images))
         if last or need > self.cfg.max_context:
             rewards["correct"] = 0.0  # out of turns (or context) without an answer
             return TurnResult(rewards=rewards, done=True)
-        return TurnResult(rewards=rewards, message=message, role="tool")
+        return TurnResult(rewards=rewards, message=message, role="tool", images=list(res.images))
 
     def turn_metrics(self, episodes: list[Episode]) -> dict[str, float]:
         """Accuracy (overall and per question kind) and tool use of finished episodes."""
@@ -204,7 +243,11 @@ class ChartTask:
             return []
         if q in ("value", "diff"):
             return [("read_value", {"label": lab}) for lab in about]
-        # largest value: the line just under the highest rounded bar finds the candidates; read each
+        if q == "sum":  # a text zoom reads the whole run at once; a picture's zoom is read bar by bar
+            if self.cfg.view == "text":
+                return [("zoom", {"first": about[0], "last": about[-1]})]
+            return [("read_value", {"label": lab}) for lab in about]
+        # largest value / bar: the line just under the highest rounded bar finds the candidates; read each
         top = max(_round(v, self.cfg.coarse) for v in chart["values"])
         y = max(top - (self.cfg.coarse + 1) // 2, -1)
         return [("draw_line", {"y": y})]
@@ -219,8 +262,12 @@ class ChartTask:
         for p in probs:
             direct = rng.random() < self.cfg.direct_fraction
             # the prompt exactly as the rollout encodes it (with the tool schemas when the task shows them)
-            pids = policy.encode_prompt(p.prompt, tools=schemas) if schemas else policy.encode_prompt(p.prompt)
-            e = Episode(prompt=p.prompt, prompt_ids=pids, info={"answer": p.answer, **p.info})
+            p = self._shown(p)
+            if p.images:
+                pids = policy.encode_prompt(p.prompt, p.images)
+            else:
+                pids = policy.encode_prompt(p.prompt, tools=schemas) if schemas else policy.encode_prompt(p.prompt)
+            e = Episode(prompt=p.prompt, prompt_ids=pids, info={"answer": p.answer, **p.info}, images=list(p.images))
             values: dict[str, int] = {}
             plan = self.script(p, direct)
             ok = True
@@ -234,11 +281,18 @@ class ChartTask:
                     break
                 if name == "read_value":
                     values[args["label"]] = int(res.text)
+                elif name == "zoom":
+                    values.update({lab: int(v) for lab, v in (x.split(":") for x in res.text.split())})
                 elif name == "draw_line":
                     above = res.text.split(":", 1)[1].split()
                     plan += [("read_value", {"label": lab}) for lab in above if lab != "none"]
                 # the observation exactly as the rollout appends it (a chat policy wraps it as a tool turn)
-                e.add_env(policy.encode_message(f"\nOBSERVATION: {res.observation()}\n", "tool", closed=bool(eos)))
+                message = _observation(res, e.images)
+                if res.images:
+                    e.add_env(policy.encode_message(message, "tool", closed=bool(eos), images=res.images))
+                    e.images = [*e.images, *res.images]
+                else:
+                    e.add_env(policy.encode_message(message, "tool", closed=bool(eos)))
             if not ok:
                 continue
             answer = self._answer_from(p, values, direct)
@@ -256,6 +310,10 @@ class ChartTask:
             return str(seen[about[0]])
         if q == "diff":
             return str(seen[about[0]] - seen[about[1]])
+        if q == "sum":
+            return str(sum(seen[lab] for lab in about))
+        if q == "argmax":
+            return max(seen, key=seen.get) if seen else chart["labels"][0]
         return str(max(seen.values())) if seen else "0"
 
     def close(self) -> None:
@@ -263,6 +321,14 @@ class ChartTask:
         if self.tools is not None:
             release_tools(self.tools)
             self.tools = None
+
+
+def _observation(res, images: list) -> str:
+    """The message after a tool call (the paper's ``OBSERVATION:``), naming the images it brings by
+    the ids they get in the episode (``img_2`` after the prompt's ``img_1``, ...)."""
+    ids = [next_image_id([*images, *res.images[:k]]) for k in range(len(res.images))]
+    text = res.observation()
+    return f"\nOBSERVATION: {' '.join(ids)}{': ' if ids and text else ''}{text}\n"
 
 
 def _split_turns(text: str) -> list[str]:
@@ -281,5 +347,5 @@ def _split_turns(text: str) -> list[str]:
 
 @TASKS.register("chart_qa", ChartTaskConfig)
 def make_chart_task(cfg: ChartTaskConfig, split: str = "train", seed: int = 0) -> ChartTask:
-    """Bar-chart questions needing exact values, answered with chart tools (point, read_value, zoom, draw_line, terminate)."""
+    """Chart questions needing exact values (text or rendered bar/line charts), answered with chart tools (point, read_value, zoom, draw_line, terminate)."""
     return ChartTask(cfg, split, seed)
