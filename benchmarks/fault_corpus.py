@@ -51,6 +51,59 @@ _term("c_turns", lambda e: [1.0, 2.0, 3.0])
 _term("c_batched", batched(lambda eps: [1.0]))
 """
 
+# chart tools whose read_value misbehaves on bar C, one way per registered tool set (served over HTTP by the run)
+TOOLS_MODULE = """\
+import os, time
+from warmstart.registry import TOOLSETS
+from warmstart.tools import tool
+from warmstart.tools.chart import ChartTools, ChartToolsConfig
+
+def _faulty(fault):
+    class Faulty(ChartTools):
+        @tool
+        def read_value(self, label: str) -> str:
+            \"\"\"Read the exact value of a bar.
+
+            Args:
+                label: the bar's label, e.g. "C"
+            \"\"\"
+            if label == "C":
+                if fault == "hang":
+                    time.sleep(30)
+                elif fault == "raise":
+                    raise RuntimeError("the OCR model crashed")
+                elif fault == "garbage":
+                    return object()
+                elif fault == "die":
+                    os._exit(3)
+            return super().read_value(label)
+    return Faulty
+
+for _f in ("hang", "raise", "garbage", "die"):
+    TOOLSETS.register("chart_" + _f, ChartToolsConfig)(lambda cfg, f=_f: _faulty(f))
+"""
+
+TOOLS_RECIPE = """\
+name: corpus-tools
+seed: 0
+imports: [my_corpus_tools]
+task:
+  kind: chart_qa
+  n_bars: 3
+  questions: [value]
+  n_demos: 24
+  n_train: 20
+  n_test: 4
+  tools: {toolset: TOOLSET, serve: http, timeout_s: 0.5}
+policy: {kind: lm, hidden_size: 16, num_layers: 1, num_heads: 2, max_position: 768}
+phases:
+  - kind: sft
+    steps: 2
+    batch_size: 4
+eval: {n: 4}
+checkpoint: {every: 0}
+"""
+
 
 class Hang(Exception):
     pass
@@ -73,6 +126,7 @@ class Corpus:
         assert res.exit_code == 0, res.output
         self.ref_rows = rows(self.ref)
         (tmp / "my_corpus_rewards.py").write_text(USER_MODULE)
+        (tmp / "my_corpus_tools.py").write_text(TOOLS_MODULE)
         self.results: list[dict] = []
 
     def fresh(self) -> Path:
@@ -203,6 +257,16 @@ def build(c: Corpus) -> None:
         f.write(TINY.encode())
         f.write(b"#" * (17 << 20))
     c.case("a 17 MB recipe file", "bytes", run(big))
+
+    # -------------------------------------------------------------------------- tools
+    # each tool set's read_value fails on bar C; the run's scripted demonstrations call it (over HTTP):
+    # every failure is an error observation, the demonstrations it spoiled are dropped with a warning
+    # that names the fault, and the run finishes
+    for toolset, fault, kind in (("chart_hang", "hangs past its time limit", "timeout"), ("chart_raise", "raises", "raised"),
+                                 ("chart_garbage", "returns a non-text object", "bad_output"),
+                                 ("chart_die", "kills its server process", "server_down")):
+        p = recipe_with(TOOLS_RECIPE.replace("TOOLSET", toolset))
+        c.case(f"a tool that {fault} (chart_qa, tools over HTTP)", kind, run(p), expect_exit=0)
 
     # ------------------------------------------------------------------------- run dirs
     f = c.fresh() / "afile"

@@ -5,6 +5,7 @@ tokenizer, a template that renders tool schemas)."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,3 +194,80 @@ def test_trained_tokens_are_sampled_plus_env_tokens_with_a_chat_template():
         p = len(e.prompt_ids)
         assert batch.action_mask[b, p - 1 : p - 1 + len(e.ids)].tolist() == e.action_mask
 
+
+
+# ------------------------------------------------------------------------------- rendered charts
+
+
+def test_rendered_chart_draws_the_data_and_is_cached():
+    from warmstart.tools.chart import MARGIN_BOTTOM, mark_x, render_chart, value_y
+
+    labels, values = tuple("ABCDEF"), (10, 0, 99, 50, 73, 5)
+    for kind in ("bar", "line"):
+        im = render_chart(kind, labels, values, 99, 96, 64)
+        assert im.size == (96, 64)
+        px = im.load()
+        for i, v in enumerate(values):
+            x, y = mark_x(i, 6, 96), value_y(v, 99, 64)
+            if v:  # the mark's top is drawn at its value's height, and nothing above it in its column
+                assert px[x, y] != (255, 255, 255), (kind, i)
+                assert all(px[x, yy] == (255, 255, 255) for yy in range(0, y - 2)), (kind, i)
+        assert value_y(50, 99, 64) < value_y(10, 99, 64) < 64 - MARGIN_BOTTOM
+    a = render_chart("bar", labels, values, 99, 96, 64)
+    a.putpixel((0, 0), (1, 2, 3))  # callers draw on copies: the cache is untouched
+    assert render_chart("bar", labels, values, 99, 96, 64).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_image_tools_return_pictures():
+    from warmstart.tools import LocalTools
+
+    st = {"labels": list("ABCDEFGH"), "values": [12, 47, 3, 99, 50, 0, 77, 30], "kind": "bar", "ymax": 99, "image": [96, 64]}
+    t = LocalTools("chart")
+    z = t.call("zoom", {"first": "D", "last": "B"}, st)
+    assert z.ok and z.text == "zoom on B..D" and len(z.images) == 1 and z.images[0].size == (96, 64)
+    full = t.call("zoom", {"first": "A", "last": "D"}, st)  # a close-up differs from the whole chart
+    assert not np.array_equal(np.asarray(full.images[0]), np.asarray(z.images[0]))
+    d = t.call("draw_line", {"y": 45}, st)
+    assert d.text == "above: B D E G" and (np.asarray(d.images[0]) == (230, 30, 30)).all(-1).any()
+    assert t.call("read_value", {"label": "E"}, st).text == "50" and "x=" in t.call("point", {"label": "C"}, st).text
+    text_only = {k: st[k] for k in ("labels", "values")}
+    assert t.call("zoom", {"first": "B", "last": "D"}, text_only).text == "B:47 C:3 D:99"
+
+
+def test_image_view_problems_tools_and_executed_demos():
+    from warmstart.policies.vlm import VLMPolicy, build_tiny_vlm
+
+    t = _task(view="image", charts=["bar", "line"], questions=["value", "argmax", "sum"], direct_fraction=0.0,
+              image_width=64, image_height=48)
+    ps = t.sample_problems(12, torch.Generator().manual_seed(0))
+    assert {p.info["chart"]["kind"] for p in ps} == {"bar", "line"} and all(len(p.images) == 1 for p in ps)
+    assert all(p.prompt.startswith("img_1: ") and "~" not in p.prompt for p in ps)
+    for p in t.problems:
+        c, q = p.info["chart"], p.info["question"]
+        if q == "argmax":
+            assert c["values"].count(max(c["values"])) == 1 and p.answer == c["labels"][c["values"].index(max(c["values"]))]
+        elif q == "sum":
+            assert p.answer == str(sum(c["values"][c["labels"].index(lab)] for lab in p.info["about"]))
+    # a zoom's picture joins the episode as img_2, named in the observation
+    p = ps[0]
+    e = Episode(prompt=p.prompt, prompt_ids=[1], info={"answer": p.answer, **p.info}, images=list(p.images))
+    e.add_turn([5], [0.0], format_action("zoom", {"first": "A", "last": "C"}))
+    r = t.respond(e, 0)
+    assert r.message == "\nOBSERVATION: img_2: zoom on A..C\n" and r.role == "tool" and len(r.images) == 1
+    torch.manual_seed(0)
+    pol = VLMPolicy(*build_tiny_vlm(hidden_size=32, num_layers=1, num_heads=2, image_size=16, patch_size=8,
+                                    vision_hidden=16, vision_layers=1, vision_heads=2, max_position=768))
+    demos = t.demo_episodes(pol)
+    assert len(demos) == 30
+    n_img = pol.model.config.image_seq_length
+    for e in demos:
+        assert t.is_correct("".join(e.turn_texts), e.info["answer"])
+        # the prompt's picture + one per draw_line (argmax); their tokens: n_img each, never trained on
+        assert (e.prompt_ids + e.ids).count(pol.image_token_id) == n_img * len(e.images)
+        assert pol.image_token_id not in [i for i, m in zip(e.ids, e.action_mask) if m]
+        if e.info["question"] == "argmax":
+            assert len(e.images) == 2
+    batch = collate(demos[:6], pol.pad_id)
+    lp = pol.forward_logprobs(batch.input_ids, batch.attention_mask, images=batch.images)
+    assert torch.isfinite(lp[batch.action_mask]).all()
+    t.close()

@@ -38,12 +38,12 @@ from pydantic import Field
 
 from warmstart.config import PluginConfig
 from warmstart.episode import Episode
-from warmstart.errors import ConfigError
+from warmstart.errors import ConfigError, warn
 from warmstart.registry import TASKS
 from warmstart.tasks.base import Problem, TurnResult, normalize_answer
-from warmstart.tools import ERROR_KINDS, failure, next_image_id
+from warmstart.tools import ERROR_KINDS, failure, next_image_id, toolset_class
 from warmstart.tools.actions import final_answer, format_action, parse_action
-from warmstart.tools.chart import render_chart
+from warmstart.tools.chart import ChartTools, render_chart
 from warmstart.tools.server import ToolsConfig, open_tools, release_tools
 
 QUESTIONS = ("value", "diff", "max", "argmax", "sum")
@@ -94,8 +94,10 @@ class ChartTask:
         bad = [q for q in cfg.questions if q not in QUESTIONS]
         if bad:
             raise ConfigError(f"task.questions: unknown kind(s) {bad}; known: {', '.join(QUESTIONS)}.")
-        if cfg.tools.toolset != "chart":
-            raise ConfigError(f"task.tools.toolset: chart_qa needs the 'chart' tool set, not {cfg.tools.toolset!r}.")
+        cls, _ = toolset_class(cfg.tools.toolset, cfg.tools.options)
+        if not issubclass(cls, ChartTools):
+            raise ConfigError(f"task.tools.toolset: chart_qa needs the 'chart' tool set (or a subclass of ChartTools), "
+                              f"not {cfg.tools.toolset!r}.")
         self.cfg, self.split, self.seed = cfg, split, seed
         self.max_new_tokens = cfg.max_new_tokens
         self.max_turns = cfg.max_turns if split == "train" else cfg.eval_max_turns
@@ -259,6 +261,8 @@ class ChartTask:
         eos = [policy.eos_id] if policy.eos_id is not None else []
         schemas = self.tools.schemas() if self.cfg.schemas_in_prompt else None
         out = []
+        failed: dict[str, int] = {}
+        first_failure = None
         for p in probs:
             direct = rng.random() < self.cfg.direct_fraction
             # the prompt exactly as the rollout encodes it (with the tool schemas when the task shows them)
@@ -277,6 +281,8 @@ class ChartTask:
                 e.add_turn(policy.encode(text) + eos, [0.0] * (len(policy.encode(text)) + len(eos)), text)
                 res = self.tools.call(name, args, p.info["chart"])
                 if not res.ok:
+                    failed[res.error_kind] = failed.get(res.error_kind, 0) + 1
+                    first_failure = first_failure or f"{name}({args}): {res.observation()}"
                     ok = False
                     break
                 if name == "read_value":
@@ -301,6 +307,10 @@ class ChartTask:
             e.add_turn(ids, [0.0] * len(ids), text)
             if direct or normalize_answer(answer) == normalize_answer(p.answer):
                 out.append(e)
+        if failed:  # the run goes on with the rest, but a tool that fails its own script is worth knowing about
+            kinds = ", ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
+            warn(f"task chart_qa: {sum(failed.values())} of {len(probs)} scripted demonstrations were dropped because a "
+                 f"call to the {self.cfg.tools.toolset!r} tools failed ({kinds}); the first: {first_failure}")
         return out
 
     def _answer_from(self, p: Problem, values: dict[str, int], direct: bool) -> str:

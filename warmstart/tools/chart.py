@@ -75,7 +75,8 @@ def _render(kind: str, labels: tuple[str, ...], values: tuple[int, ...], ymax: i
     if kind == "bar":
         half = max(1, int(slot * 0.35))
         for x, y in pts:
-            d.rectangle([x - half, y, x + half, bottom - 1], fill=(40, 90, 200))
+            if y < bottom:  # a bar of height 0 is no bar
+                d.rectangle([x - half, y, x + half, bottom - 1], fill=(40, 90, 200))
     else:
         d.line(pts, fill=(40, 90, 200), width=1)
         for x, y in pts:
@@ -155,7 +156,7 @@ class ChartTools(ToolSet):
             x0, x1 = int(mark_x(i, n, w) - slot / 2), int(mark_x(j, n, w) + slot / 2) + 1
             # the run's columns (axis to labels), scaled back up to the chart's size: the bars' heights
             # and letters cover several times the pixels they had
-            crop = self.picture().crop((max(0, x0), 0, min(w, x1), h)).resize((w, h))
+            crop = self.picture().crop((max(0, x0), 0, min(w, x1), h)).resize((w, h), resample=0)  # nearest: no blur
             return ToolOutput(text=f"zoom on {labels[i]}..{labels[j]}", images=[crop])
         return " ".join(f"{labels[k]}:{self.state['values'][k]}" for k in range(i, j + 1))
 
