@@ -3,6 +3,7 @@ tools, error observations that never stop an episode, observation tokens without
 server started and stopped with a run, and token-in/token-out with a real chat template (SmolLM2's
 tokenizer, a template that renders tool schemas)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +272,13 @@ def test_image_view_problems_tools_and_executed_demos():
     lp = pol.forward_logprobs(batch.input_ids, batch.attention_mask, images=batch.images)
     assert torch.isfinite(lp[batch.action_mask]).all()
     t.close()
+
+
+def test_tool_pictures_survive_the_http_encoding():
+    from warmstart.tools import LocalTools
+    from warmstart.tools.server import result_from_json, result_to_json
+
+    st = {"labels": list("ABCD"), "values": [12, 47, 3, 99], "kind": "line", "ymax": 99, "image": [64, 48]}
+    res = LocalTools("chart").call("zoom", {"first": "B", "last": "C"}, st)
+    back = result_from_json(json.loads(json.dumps(result_to_json(res))))
+    assert back.text == res.text and np.array_equal(np.asarray(back.images[0].convert("RGB")), np.asarray(res.images[0]))
