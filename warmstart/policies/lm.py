@@ -128,18 +128,9 @@ class LMPolicy:
         are appended to the sampled ones, never re-rendered with them."""
         if not self.chat:
             return self.encode(text)
-        probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "\x00probe\x00"}]
-        tpl = self.tokenizer.apply_chat_template
-        before = tpl(probe, tokenize=False)
-        after = tpl(probe + [{"role": role, "content": text.strip()}], tokenize=False, add_generation_prompt=True)
-        cut = before.index("\x00probe\x00") + len("\x00probe\x00")
-        eos = self.tokenizer.eos_token or ""
-        if closed and eos and before[cut:].startswith(eos):
-            cut += len(eos)  # the sampled turn already ends with EOS
-        if after[:cut] != before[:cut]:
-            raise WarmstartError(f"the chat template renders earlier turns differently once a {role!r} message follows; "
-                                 "a tool message cannot be appended token-in, token-out with it.")
-        return self.encode(after[cut:])
+        probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": PROBE}]
+        message = {"role": role, "content": text.strip()}
+        return self.encode(message_suffix(self.tokenizer.apply_chat_template, probe, message, self.tokenizer.eos_token, closed))
 
     def decode(self, ids: list[int]) -> str:
         """Text of generated ids, without EOS/pad."""
@@ -247,6 +238,26 @@ class LMPolicy:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+PROBE = "\x00probe\x00"  # the probe assistant turn's text: a string no template or message contains
+
+
+def message_suffix(render, probe: list[dict], message: dict, eos: str | None, closed: bool) -> str:
+    """The text a chat template adds for ``message`` after the probe conversation's assistant turn
+    (whose text is :data:`PROBE`): render the conversation with and without it and keep what it adds
+    after that turn (after its EOS too when the sampled turn is ``closed``). ``render`` is an
+    ``apply_chat_template``. A template that renders earlier turns differently once the message
+    follows cannot be appended to token-in, token-out: an error."""
+    before = render(probe, tokenize=False, add_generation_prompt=False)
+    after = render(probe + [message], tokenize=False, add_generation_prompt=True)
+    cut = before.index(PROBE) + len(PROBE)
+    if closed and eos and before[cut:].startswith(eos):
+        cut += len(eos)  # the sampled turn already ends with EOS
+    if after[:cut] != before[:cut]:
+        raise WarmstartError(f"the chat template renders earlier turns differently once a {message['role']!r} message "
+                             "follows; a tool message cannot be appended token-in, token-out with it.")
+    return after[cut:]
 
 
 def resolve_device(device: str) -> torch.device:

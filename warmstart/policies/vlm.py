@@ -35,7 +35,7 @@ from warmstart.config import PluginConfig
 from warmstart.errors import DataError, WarmstartError
 from warmstart.functional import logprobs_from_logits
 from warmstart.policies import POLICY_FILE
-from warmstart.policies.lm import LMPolicy
+from warmstart.policies.lm import PROBE, LMPolicy, message_suffix
 from warmstart.policies.sampler import LlamaKVSampler, Samples, cut_at_stops, left_pad
 from warmstart.registry import POLICIES
 
@@ -400,21 +400,11 @@ class VLMPolicy:
         pil = [load_image(im, f"{role or 'environment'} message {text.strip()[:40]!r}, image {k}") for k, im in enumerate(images)]
         if not (self.chat and role):
             return self._expand_images(text + self.image_token * len(pil), pil)
-        # the template's own markers for the role, found as LMPolicy.encode_message finds them: render a
-        # probe conversation with and without the message; the message's part is what it adds
+        # the template's own markers for the role, found as LMPolicy.encode_message finds them
         probe = [{"role": "user", "content": [{"type": "text", "text": "?"}]},
-                 {"role": "assistant", "content": [{"type": "text", "text": "\x00probe\x00"}]}]
+                 {"role": "assistant", "content": [{"type": "text", "text": PROBE}]}]
         msg = {"role": role, "content": [{"type": "text", "text": text.strip()}, *({"type": "image"} for _ in pil)]}
-        before = self.processor.apply_chat_template(probe, add_generation_prompt=False, tokenize=False)
-        after = self.processor.apply_chat_template(probe + [msg], add_generation_prompt=True, tokenize=False)
-        cut = before.index("\x00probe\x00") + len("\x00probe\x00")
-        eos = self.tokenizer.eos_token or ""
-        if closed and eos and before[cut:].startswith(eos):
-            cut += len(eos)  # the sampled turn already ends with EOS
-        if after[:cut] != before[:cut]:
-            raise WarmstartError(f"the chat template renders earlier turns differently once a {role!r} message follows; "
-                                 "a message cannot be appended token-in, token-out with it.")
-        return self._expand_images(after[cut:], pil)
+        return self._expand_images(message_suffix(self.processor.apply_chat_template, probe, msg, self.tokenizer.eos_token, closed), pil)
 
     def _expand_images(self, text: str, pil: list) -> list[int]:
         """Ids of ``text`` (no special tokens added) with each image placeholder expanded into that
