@@ -64,21 +64,27 @@ def shared_prefixes(input_ids: torch.Tensor, action_mask: torch.Tensor) -> tuple
     return rows, torch.tensor(lens, dtype=torch.long, device=dev), torch.tensor(inv, dtype=torch.long, device=dev)
 
 
+def _inputs(x: torch.Tensor) -> dict:
+    """The decoder's input argument for ``x``: token ids (R, T) or input embeddings (R, T, H)."""
+    return {"input_ids": x} if x.dim() == 2 else {"inputs_embeds": x}
+
+
 def decoder_hidden(decoder, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-    """Final hidden states (R, T, H) of right-padded rows ``ids`` (R, T): one plain decoder pass."""
-    return decoder(input_ids=ids, attention_mask=att).last_hidden_state
+    """Final hidden states (R, T, H) of right-padded rows ``ids`` (R, T) (or their embeddings (R, T,
+    H)): one plain decoder pass."""
+    return decoder(**_inputs(ids), attention_mask=att).last_hidden_state
 
 
 def shared_prefix_hidden(decoder, pref, pmask, inv, suffix, full_mask, pos) -> tuple[torch.Tensor, torch.Tensor]:
     """The two passes of a prefix-shared forward: the distinct prefixes ``pref`` (U, P) (mask
     ``pmask``) with the cache on, the cache expanded to the R rows by ``inv`` (R,) (an index select,
     so every row's gradient flows into its prefix), then the suffixes ``suffix`` (R, S) on it (mask
-    ``full_mask`` (R, P + S), rotary positions ``pos`` (R, S)). Returns ``(h_pref (U, P, H), h_suf
+    ``full_mask`` (R, P + S), rotary positions ``pos`` (R, S)); ids or embeddings (U, P, H), (R, S, H). Returns ``(h_pref (U, P, H), h_suf
     (R, S, H))``."""
-    out = decoder(input_ids=pref, attention_mask=pmask, use_cache=True)
+    out = decoder(**_inputs(pref), attention_mask=pmask, use_cache=True)
     cache = out.cache  # transformers 5.x name (was past_key_values)
     cache.reorder_cache(inv)  # (U, ...) -> (R, ...): every row gets its prefix's keys/values
-    h_suf = decoder(input_ids=suffix, attention_mask=full_mask, position_ids=pos, cache=cache).last_hidden_state
+    h_suf = decoder(**_inputs(suffix), attention_mask=full_mask, position_ids=pos, cache=cache).last_hidden_state
     return out.last_hidden_state, h_suf
 
 
@@ -123,7 +129,8 @@ class DecoderPasses:
 
 def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor,
                     temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = True,
-                    passes: DecoderPasses | None = None):
+                    passes: DecoderPasses | None = None, inputs_embeds: torch.Tensor | None = None,
+                    prefix_key: torch.Tensor | None = None, logit_bias: torch.Tensor | None = None):
     """Log-probs (B, T-1) of ``input_ids[:, 1:]`` at the positions set in ``action_mask`` (B, T-1), 0
     elsewhere (and the entropy there, no gradient, when asked), for a right-padded batch.
 
@@ -131,11 +138,15 @@ def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     without it, or when every prefix is distinct, one decoder forward over the whole batch. Either
     way the LM head runs at the action positions only. ``passes`` runs the decoder (default: eagerly;
     see :class:`DecoderPasses`). ``model`` must pass :func:`supports_action_logprobs`.
+
+    A vision-language model passes its ``inputs_embeds`` (B, T, H) (image features in the image
+    slots), ``prefix_key`` (B, T): ids that tell prefixes apart (the image slots numbered by distinct
+    image, so equal text with other images is not shared) and ``logit_bias`` (V,) added to the head.
     """
     B, T = input_ids.shape
     lp_out = torch.zeros(B, T - 1, dtype=torch.float32, device=input_ids.device)
     ent_out = torch.zeros(B, T - 1, dtype=torch.float32, device=input_ids.device) if with_entropy else None
-    rows, L, inv = shared_prefixes(input_ids, action_mask)
+    rows, L, inv = shared_prefixes(input_ids if prefix_key is None else prefix_key, action_mask)
     if not rows:  # nothing to score: keep the graph connected so backward() still works
         lp_out = lp_out + 0.0 * sum(p.sum() for p in model.parameters() if p.requires_grad)
         return (lp_out, ent_out) if with_entropy else lp_out
@@ -150,12 +161,16 @@ def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ckpt = ckpt if ckpt is not None else getattr(model, "is_gradient_checkpointing", False)
     share_prefix = share_prefix and not ckpt
     passes = passes if passes is not None and not ckpt else _EAGER
+    x = (input_ids if inputs_embeds is None else inputs_embeds)[rows_t]  # (R, T) ids or (R, T, H) embeddings
     if not share_prefix or U == len(rows):
-        hidden = passes.run(decoder_hidden, decoder, input_ids[rows_t], attention_mask[rows_t])  # (R, T, H)
+        hidden = passes.run(decoder_hidden, decoder, x, attention_mask[rows_t])  # (R, T, H)
         h = hidden[r_idx, t_idx]  # (N, H)
     else:
-        h = _prefix_shared_hidden(decoder, input_ids[rows_t], attention_mask[rows_t], L, inv, U, r_idx, t_idx, passes)
-    res = head_logprobs(h, head.weight, head.bias, targets, temperature, with_entropy)
+        h = _prefix_shared_hidden(decoder, x, attention_mask[rows_t], L, inv, U, r_idx, t_idx, passes)
+    bias = head.bias
+    if logit_bias is not None:
+        bias = logit_bias.to(head.weight) if bias is None else bias + logit_bias.to(bias)
+    res = head_logprobs(h, head.weight, bias, targets, temperature, with_entropy)
     lp, ent = res if with_entropy else (res, None)
     b_idx = rows_t[r_idx]
     lp_out = lp_out.index_put((b_idx, t_idx), lp)
@@ -166,7 +181,8 @@ def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 
 def _prefix_shared_hidden(decoder, ids, att, L, inv, U, r_idx, t_idx, passes: DecoderPasses) -> torch.Tensor:
-    """Final hidden states (N, H) at target positions ``(r_idx, t_idx)`` of rows ``ids`` (R, T), with
+    """Final hidden states (N, H) at target positions ``(r_idx, t_idx)`` of rows ``ids`` (R, T) (or
+    their embeddings (R, T, H)), with
     each distinct prefix (lengths ``L`` (R,), ids ``inv`` (R,)) forwarded once.
 
     Prefixes are right-padded to the longest (a padded query still sees its real predecessors, so no
@@ -174,20 +190,23 @@ def _prefix_shared_hidden(decoder, ids, att, L, inv, U, r_idx, t_idx, passes: De
     attend to the expanded cache through the 2-D mask [prefix mask | suffix mask], and carry their true
     positions ``L[r] + i`` for the rotary embedding.
     """
-    R, T = ids.shape
+    R, T = ids.shape[:2]
     dev = ids.device
     first_row = [int((inv == u).nonzero()[0]) for u in range(U)]
     Lu = L[first_row]  # (U,)
     P = int(Lu.max())
     ar_p = torch.arange(P, device=dev)
     pmask = (ar_p.unsqueeze(0) < Lu.unsqueeze(1)).long()  # (U, P)
-    pref = ids[first_row, :P] * pmask  # (U, P); columns past a prefix's end are padding (id 0, masked)
+    pref = ids[first_row, :P]  # (U, P[, H]); columns past a prefix's end are masked out (pmask)
     lengths = att.sum(1)  # (R,)
     S = int((lengths - L).max())  # longest suffix
     ar_s = torch.arange(S, device=dev)
     src = (L.unsqueeze(1) + ar_s.unsqueeze(0)).clamp(max=T - 1)  # (R, S) input column of each suffix slot
     smask = (ar_s.unsqueeze(0) < (lengths - L).unsqueeze(1)).long()  # (R, S)
-    suffix = ids.gather(1, src) * smask
+    if ids.dim() == 2:
+        suffix = ids.gather(1, src) * smask  # (R, S); slots past a row's end are padding (id 0, masked)
+    else:
+        suffix = ids.gather(1, src.unsqueeze(-1).expand(-1, -1, ids.shape[-1]))  # (R, S, H), masked as above
     full_mask = torch.cat([pmask[inv], smask], dim=1)  # (R, P + S)
     pos = L.unsqueeze(1) + ar_s.unsqueeze(0)  # (R, S) true positions, for the rotary embedding
     h_pref, h_suf = passes.run(shared_prefix_hidden, decoder, pref, pmask, inv, suffix, full_mask, pos)  # (U, P, H), (R, S, H)
