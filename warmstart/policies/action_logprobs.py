@@ -92,8 +92,10 @@ class DecoderPasses:
     """Runs the decoder passes of :func:`action_logprobs` eagerly or through ``torch.compile``.
 
     Compiled (``compile=True``): each pass is compiled once, with dynamic batch and sequence sizes
-    (``dynamic=True``), so a new length reuses the kernels instead of recompiling; sizes 0 and 1
-    specialise (one extra graph each at most: a batch with a single group or row). The backward is
+    (``dynamic=True``), so a new length reuses the kernels instead of recompiling. torch.compile
+    specialises sizes 0 and 1, so :func:`action_logprobs` gives it no batch of one (a single row or
+    prefix is run twice, the copy unused: a few wasted FLOPs in a rare batch instead of a
+    compilation of minutes). The backward is
     compiled at the same time as the forward, so a compiler failure surfaces here, where the pass
     is rerun eagerly and compilation switched off with a one-line notice (a failure that the eager
     rerun repeats is the caller's error and propagates). Gradient checkpointing runs eagerly.
@@ -163,7 +165,10 @@ def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     passes = passes if passes is not None and not ckpt else _EAGER
     x = (input_ids if inputs_embeds is None else inputs_embeds)[rows_t]  # (R, T) ids or (R, T, H) embeddings
     if not share_prefix or U == len(rows):
-        hidden = passes.run(decoder_hidden, decoder, x, attention_mask[rows_t])  # (R, T, H)
+        att = attention_mask[rows_t]
+        if passes.compile and len(rows) == 1:  # a second copy: a batch of one would compile a graph of its own
+            x, att = x.repeat(2, *[1] * (x.dim() - 1)), att.repeat(2, 1)
+        hidden = passes.run(decoder_hidden, decoder, x, att)  # (R, T, H)
         h = hidden[r_idx, t_idx]  # (N, H)
     else:
         h = _prefix_shared_hidden(decoder, x, attention_mask[rows_t], L, inv, U, r_idx, t_idx, passes)
@@ -209,6 +214,8 @@ def _prefix_shared_hidden(decoder, ids, att, L, inv, U, r_idx, t_idx, passes: De
         suffix = ids.gather(1, src.unsqueeze(-1).expand(-1, -1, ids.shape[-1]))  # (R, S, H), masked as above
     full_mask = torch.cat([pmask[inv], smask], dim=1)  # (R, P + S)
     pos = L.unsqueeze(1) + ar_s.unsqueeze(0)  # (R, S) true positions, for the rotary embedding
+    if passes.compile and U == 1:  # a second copy, unused: one prefix would compile a graph of its own
+        pref, pmask = pref.repeat(2, *[1] * (pref.dim() - 1)), pmask.repeat(2, 1)
     h_pref, h_suf = passes.run(shared_prefix_hidden, decoder, pref, pmask, inv, suffix, full_mask, pos)  # (U, P, H), (R, S, H)
     # target position t of row r reads the hidden state at input position t: the prefix's last
     # position (t = L - 1) or suffix slot t - L
