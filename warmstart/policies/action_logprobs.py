@@ -79,8 +79,8 @@ def shared_prefix_hidden(decoder, pref, pmask, inv, suffix, full_mask, pos) -> t
     """The two passes of a prefix-shared forward: the distinct prefixes ``pref`` (U, P) (mask
     ``pmask``) with the cache on, the cache expanded to the R rows by ``inv`` (R,) (an index select,
     so every row's gradient flows into its prefix), then the suffixes ``suffix`` (R, S) on it (mask
-    ``full_mask`` (R, P + S), rotary positions ``pos`` (R, S)); ids or embeddings (U, P, H), (R, S, H). Returns ``(h_pref (U, P, H), h_suf
-    (R, S, H))``."""
+    ``full_mask`` (R, P + S), rotary positions ``pos`` (R, S)); ``pref``/``suffix`` may be embeddings
+    (U, P, H), (R, S, H) instead of ids. Returns ``(h_pref (U, P, H), h_suf (R, S, H))``."""
     out = decoder(**_inputs(pref), attention_mask=pmask, use_cache=True)
     cache = out.cache  # transformers 5.x name (was past_key_values)
     cache.reorder_cache(inv)  # (U, ...) -> (R, ...): every row gets its prefix's keys/values
@@ -95,10 +95,10 @@ class DecoderPasses:
     (``dynamic=True``), so a new length reuses the kernels instead of recompiling. torch.compile
     specialises sizes 0 and 1, so :func:`action_logprobs` gives it no batch of one (a single row or
     prefix is run twice, the copy unused: a few wasted FLOPs in a rare batch instead of a
-    compilation of minutes). The backward is
-    compiled at the same time as the forward, so a compiler failure surfaces here, where the pass
-    is rerun eagerly and compilation switched off with a one-line notice (a failure that the eager
-    rerun repeats is the caller's error and propagates). Gradient checkpointing runs eagerly.
+    compilation of minutes). The backward is compiled at the same time as the forward, so a
+    compiler failure surfaces here, where the pass is rerun eagerly and compilation switched off
+    with a one-line notice (a failure that the eager rerun repeats is the caller's error and
+    propagates). Gradient checkpointing runs eagerly.
     """
 
     def __init__(self, compile: bool = False, backend: str = "inductor"):
