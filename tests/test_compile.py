@@ -20,7 +20,8 @@ from test_action_logprobs import ATOL, group_episodes
 
 
 def tiny(compile=False):
-    cfg = LMPolicyConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, max_position=96, compile=compile)
+    # one layer: tracing and code generation scale with the layers, and one shows every op
+    cfg = LMPolicyConfig(hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2, max_position=96, compile=compile)
     return make_lm_policy(cfg, seed=0)
 
 
@@ -49,6 +50,7 @@ def test_recipe_switch_builds_compiled_passes():
     assert tiny(compile=True).passes.compile and not tiny().passes.compile
 
 
+@pytest.mark.slow
 def test_compiled_equals_eager_and_compiles_once_for_all_lengths():
     torch._dynamo.reset()
     policy, eager = tiny(), tiny()
@@ -58,32 +60,21 @@ def test_compiled_equals_eager_and_compiles_once_for_all_lengths():
     prompts = ["1+2*3", "4*5+6+7+8", "9", "8*8+1", "2+2+2+2+2+2+2"]
     start = graphs()
     # GRPO groups with other prompt lengths, completion lengths, group counts and sizes each time
-    for k in range(6):
+    for k in range(4):
         eps = group_episodes(policy, rng, rng.sample(prompts, 2 + k % 3), 2 + k % 4, multi_turn=k % 2 == 1)
         assert_same(policy, eager, collate(eps, policy.pad_id), cfg)
     assert graphs() - start == 1  # the prefix-shared pass: one graph for every length
     # distinct prompts (SFT, or G = 1) take the plain pass: one more graph, then none
-    for k in range(4):
+    for k in range(3):
         eps = group_episodes(policy, rng, rng.sample(prompts, 2 + k), 1)
         assert_same(policy, eager, collate(eps, policy.pad_id), cfg)
     assert graphs() - start == 2
-    assert policy.passes.compile  # nothing fell back
-
-
-def test_single_group_or_row_batches_add_no_graph():
     # torch.compile specialises sizes 0 and 1: a batch of one group (one prefix) or of one row is
     # run as two (the copy unused), so it reuses the general graphs
-    torch._dynamo.reset()
-    policy, eager = tiny(), tiny()
-    policy.passes = DecoderPasses(compile=True, backend="aot_eager")
-    cfg = GRPOConfig(kind="grpo")
-    rng = random.Random(1)
-    assert_same(policy, eager, collate(group_episodes(policy, rng, ["1+2", "345"], 3), policy.pad_id), cfg)
-    assert_same(policy, eager, collate(group_episodes(policy, rng, ["1", "2+2"], 1), policy.pad_id), cfg)
-    start = graphs()
-    for p, G in (("1+2*3", 3), ("9", 4), ("4*5+6+7+8", 2), ("7", 1), ("1*2*3*4", 1)):
+    for p, G in (("1+2*3", 3), ("9", 4), ("7", 1), ("1*2*3*4", 1)):
         assert_same(policy, eager, collate(group_episodes(policy, rng, [p], G), policy.pad_id), cfg)
-    assert graphs() - start == 0
+    assert graphs() - start == 2
+    assert policy.passes.compile  # nothing fell back
 
 
 def test_compiler_failure_falls_back_to_eager_with_a_notice(capsys):
@@ -117,8 +108,6 @@ def test_inductor_compiled_sft_step_equals_eager():
     torch._dynamo.reset()
     policy, eager = tiny(compile=True), tiny()
     rng = random.Random(3)
-    cfg = GRPOConfig(kind="grpo")
-    for n in (3, 5):
-        eps = group_episodes(policy, rng, [str(rng.randint(1, 10**n)) for _ in range(n)], 1)
-        assert_same(policy, eager, collate(eps, policy.pad_id), cfg)
+    eps = group_episodes(policy, rng, [str(rng.randint(1, 10**n)) for n in range(1, 5)], 1)
+    assert_same(policy, eager, collate(eps, policy.pad_id), GRPOConfig(kind="grpo"))
     assert policy.passes.compile
