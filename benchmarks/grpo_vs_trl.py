@@ -22,7 +22,8 @@ comparison on a real pretrained model: chat-formatted word problems (both system
 tokenizer's chat template), a reward for the number on the final ``####`` line, 4 prompts x G = 4,
 <= 64 new tokens. ``--plain`` adds a third arm, warmstart's pre-issue-19 training forward (full
 logits at every position, every row's prompt forwarded on its own), to show what prompt sharing and
-action-position logits buy. Peak memory is each step's resident-set high-water mark above its
+action-position logits buy; ``--compile`` adds warmstart with ``policy.compile: true`` (its first
+steps include the compilation; ``--warmup`` hides it from the timed means, the log shows it). Peak memory is each step's resident-set high-water mark above its
 start, sampled every 5 ms (the systems share one process, so process-wide peaks cannot separate them).
 """
 
@@ -97,7 +98,7 @@ class PeakRSS:
 # ------------------------------------------------------------------------------------- warmstart
 
 
-def build_warmstart(tmp: Path, problems, total_steps: int, model_dir: str | None = None):
+def build_warmstart(tmp: Path, problems, total_steps: int, model_dir: str | None = None, compile: bool = False):
     """A RunContext and a GRPO phase built from a recipe dict, with the benchmark's reward registered
     as a plug-in (what a user would do for their own reward)."""
     from pydantic import Field  # noqa: F401
@@ -121,8 +122,8 @@ def build_warmstart(tmp: Path, problems, total_steps: int, model_dir: str | None
         "name": "grpo_vs_trl",
         "seed": 0,
         "task": {"kind": "jsonl", "path": str(path), "test_fraction": 0.01, "max_new_tokens": MAX_NEW},
-        "policy": ({"kind": "lm", "path": model_dir} if model_dir else
-                   {"kind": "lm", "hidden_size": 128, "num_layers": 4, "num_heads": 4, "max_position": 128}),
+        "policy": ({"kind": "lm", "path": model_dir, "compile": compile} if model_dir else
+                   {"kind": "lm", "hidden_size": 128, "num_layers": 4, "num_heads": 4, "max_position": 128, "compile": compile}),
         "rewards": [{"kind": "bench_reward"}],
         "phases": [{
             "kind": "grpo", "steps": total_steps, "prompts_per_step": PROMPTS_PER_STEP, "group_size": GROUP,
@@ -211,6 +212,7 @@ def main() -> None:
     ap.add_argument("--model", default=None,
                     help="a local HF model directory (or 'smollm2') instead of the tiny Llama: chat word problems, 4 x G=4, <= 64 tokens")
     ap.add_argument("--plain", action="store_true", help="also time warmstart's plain training forward (no prompt sharing, full logits)")
+    ap.add_argument("--compile", action="store_true", help="also time warmstart with policy.compile: true")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -234,7 +236,7 @@ def main() -> None:
         model_dir = str(smollm2_path())
     if model_dir:
         PROMPTS_PER_STEP, GROUP, MAX_NEW, MARKER = 4, 4, 64, "####"
-        problems = word_problems(PROMPTS_PER_STEP * (total + 4) * (2 + a.plain))
+        problems = word_problems(PROMPTS_PER_STEP * (total + 4) * (2 + a.plain + a.compile))
     else:
         from warmstart.tasks.arithmetic import ChainArithmetic, ChainArithmeticConfig
 
@@ -247,6 +249,10 @@ def main() -> None:
         arms["ws plain"] = build_warmstart(tmp / "plain", problems, total, model_dir)
         arms["ws plain"][1].policy.model.load_state_dict(arms["warmstart"][0].policy.model.state_dict())
         plain_forward(arms["ws plain"][0].policy)
+    if a.compile:
+        (tmp / "compiled").mkdir()
+        arms["ws compile"] = build_warmstart(tmp / "compiled", problems, total, model_dir, compile=True)
+        arms["ws compile"][1].policy.model.load_state_dict(arms["warmstart"][0].policy.model.state_dict())
     ctx = arms["warmstart"][0]
     trl_model = copy.deepcopy(ctx.policy.model)  # same initial weights
     tokenizer = copy.deepcopy(ctx.policy.tokenizer)
@@ -329,7 +335,7 @@ def main() -> None:
     t = stats["TRL"]
     for name in arms:
         x = stats[name]
-        print(f"| {name[:5] + ' / TRL':<9} | {x[0] / t[0]:6.2f}x | | {t[2] / x[2]:16.2f}x | {t[3] / x[3]:10.2f}x | | {x[5] / t[5]:18.2f}x | | {t[7] / x[7]:18.2f}x |")
+        print(f"| {name + ' / TRL':<9} | {x[0] / t[0]:6.2f}x | | {t[2] / x[2]:16.2f}x | {t[3] / x[3]:10.2f}x | | {x[5] / t[5]:18.2f}x | | {t[7] / x[7]:18.2f}x |")
     print("(ratios are speed-ups: TRL time / warmstart time; 'rest' = rewards, loss, backward, optimizer, overhead;")
     print(" peak step memory = resident-set high-water mark during a step above its start, max over timed steps;")
     print(" CPU s = this process's CPU time: with one thread, the work done, whatever else loads the machine)")

@@ -17,7 +17,10 @@ machine's measured fp32 matmul peak.
   (2 n^3 FLOPs per product) over all sizes and rounds. Peak rounds are interleaved with the SFT
   steps, so that background load on a shared machine hits both alike.
 
-    .venv/bin/python benchmarks/sft_efficiency.py [--steps 10] [--warmup 3]
+``--compile`` adds a second SFT run with ``policy.compile: true`` (same initial weights and batches),
+its steps interleaved with the eager run's; its first steps (the compilation) are reported apart.
+
+    .venv/bin/python benchmarks/sft_efficiency.py [--steps 10] [--warmup 3] [--compile]
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128, help="demonstrations per SFT step")
     ap.add_argument("--peak-reps", type=int, default=3, help="timed products per matrix size per round")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--compile", action="store_true", help="also run SFT with policy.compile: true, interleaved")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -90,22 +94,38 @@ def main() -> None:
     phase = PHASES.get("sft").factory(recipe.phases[0], ctx)
     phase.on_start(0)
     model = ctx.policy.model
+    arms = {"eager": phase}
+    if a.compile:  # the same run with the compiled training forward, from the same weights
+        raw_c = {**raw, "policy": {**raw["policy"], "compile": True}}
+        recipe_c = validate_recipe(raw_c, source="sft_efficiency.py")
+        ctx_c = build_context(recipe_c)
+        ctx_c.policy.model.load_state_dict(model.state_dict())
+        arms["compiled"] = PHASES.get("sft").factory(recipe_c.phases[0], ctx_c)
+        arms["compiled"].on_start(0)
     cfg = model.config
     N, L, H = matmul_params(model), cfg.num_hidden_layers, cfg.hidden_size
 
     # warm up both the SFT step and the matmul kernels
     for n in SIZES:
         mm_gflops(n, 1)
-    times, tokens, seq_lens, peaks = [], [], [], []
+    rec = {name: {"time": [], "cpu": [], "tokens": [], "first": []} for name in arms}
+    peaks, seq_lens = [], []
     for k in range(total):
-        t0 = time.perf_counter()
-        m = phase.step(k, k)
-        dt = time.perf_counter() - t0
+        for name, ph in arms.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            m = ph.step(k, k)
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            r = rec[name]
+            if k >= a.warmup:
+                r["time"].append(dt)
+                r["cpu"].append(dc)
+                r["tokens"].append(m["tokens"])
+            else:
+                r["first"].append(dt)
         if k >= a.warmup:
-            times.append(dt)
-            tokens.append(m["tokens"])
             seq_lens.append(m["tokens"] / a.batch_size)
             peaks.append(max(mm_gflops(n, a.peak_reps) for n in SIZES))
+    times, tokens = rec["eager"]["time"], rec["eager"]["tokens"]
     per_size = {n: mm_gflops(n, a.peak_reps) for n in SIZES}  # one last round, for the record
     peak = max(max(peaks), *per_size.values())
     ncpu = os.cpu_count() or threads
@@ -137,6 +157,19 @@ def main() -> None:
     print(f"| fp32 matmul peak, median of rounds | {statistics.median(peaks):.1f} GFLOP/s |")
     print(f"| SFT / peak ({threads} threads) | {achieved / peak:.1%} |")
     print(f"| SFT / median-of-rounds matmul rate (same load) | {achieved / statistics.median(peaks):.1%} |")
+    if a.compile:
+        rc = rec["compiled"]
+        tok_c = sum(rc["tokens"]) / sum(rc["time"])
+        ach_c = tok_c * flop_tok / 1e9
+        print(f"| compiled: SFT tokens/s | {tok_c:,.0f} |")
+        print(f"| compiled: SFT step time, median | {statistics.median(rc['time']) * 1e3:.0f} ms |")
+        print(f"| compiled: SFT achieved | {ach_c:.1f} GFLOP/s |")
+        print(f"| compiled: SFT / peak ({threads} threads) | {ach_c / peak:.1%} |")
+        print(f"| compiled: SFT / median-of-rounds matmul rate | {ach_c / statistics.median(peaks):.1%} |")
+        print(f"| compiled / eager, median step CPU time | {statistics.median(rec['eager']['cpu']) / statistics.median(rc['cpu']):.2f}x |")
+        print(f"| compiled / eager, median step wall time | {statistics.median(times) / statistics.median(rc['time']):.2f}x |")
+        print(f"| compiled: warm-up steps (compilation), wall | {', '.join(f'{t:.1f} s' for t in rc['first'])} |")
+        print(f"| eager: warm-up steps, wall | {', '.join(f'{t:.1f} s' for t in rec['eager']['first'])} |")
     if peak_all is not None:
         print(f"| fp32 matmul peak, all {ncpu} cores (3 rounds after SFT) | {peak_all:.1f} GFLOP/s |")
         print(f"| SFT / all-core peak | {achieved / peak_all:.1%} |")

@@ -190,3 +190,54 @@ def test_qwen2_vl_class_from_a_local_path_samples_with_matching_logprobs(tmp_pat
         ids = torch.tensor([p + out.ids[b]])
         lp = pol.forward_logprobs(ids, torch.ones_like(ids), images=[rows[b]])[0, len(p) - 1 :]
         assert torch.allclose(lp, torch.tensor(out.logprobs[b]), atol=1e-4)
+
+
+def test_vlm_prompt_shared_training_equals_the_plain_path_with_images():
+    # GRPO groups whose prompts carry images: the fast path (head at action positions, each group's
+    # prompt -- image tokens included -- forwarded once) gives the plain full-logits path's loss and
+    # every parameter's gradient, vision tower and projector included. Groups 0 and 1 have the same
+    # text with different images: they must not share a prefix.
+    import random
+
+    from warmstart.episode import Episode, collate
+    from warmstart.learn.grpo import GRPOConfig, policy_gradient_loss
+    from warmstart.policies.action_logprobs import shared_prefixes
+
+    pol = tiny_vlm(7)
+    rng = random.Random(0)
+    V = len(pol.tokenizer) - 1  # the image token is last; completions never hold it
+    groups = [("what is it?", [picture(10)]), ("what is it?", [picture(11)]), ("two", [picture(10), picture(12)]), ("none", [])]
+    eps = []
+    for gi, (text, imgs) in enumerate(groups):
+        ids = pol.encode_prompt(text, imgs)
+        for _ in range(3):
+            e = Episode(prompt=text, prompt_ids=ids, group=gi, images=list(imgs))
+            n = rng.randint(1, 6)
+            e.add_turn([rng.randrange(3, V) for _ in range(n)], [-1.0 - 0.1 * rng.random() for _ in range(n)])
+            e.reward = rng.random()
+            eps.append(e)
+    batch = collate(eps, pol.pad_id)
+    _, key = pol._embeds(batch.input_ids, batch.images)
+    assert shared_prefixes(key, batch.action_mask)[2].tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    cfg = GRPOConfig(kind="grpo", temperature=0.9)
+    adv = torch.linspace(-1, 1, len(eps)).unsqueeze(1).expand_as(batch.old_logprobs)
+
+    class Plain:  # the same policy, action_mask ignored: full logits at every position
+        def forward_logprobs(self, input_ids, attention_mask, temperature=1.0, with_entropy=False, images=None, action_mask=None):
+            return pol.forward_logprobs(input_ids, attention_mask, temperature, with_entropy, images=images)
+
+    results = []
+    for who, share in ((Plain(), True), (pol, True), (pol, False)):
+        pol.share_prefix = share
+        pol.model.zero_grad(set_to_none=True)
+        terms = policy_gradient_loss(who, batch, adv, cfg)
+        terms["loss"].backward()
+        results.append((terms, {n: p.grad.clone() for n, p in pol.model.named_parameters() if p.grad is not None}))
+    (plain, g_plain), *fast = results
+    assert any("vision" in n for n in g_plain) and any("projector" in n for n in g_plain)
+    for got, g_got in fast:
+        for k in ("loss", "entropy", "ratio", "approx_kl"):
+            assert torch.allclose(got[k], plain[k], atol=2e-5), (k, got[k], plain[k])
+        assert g_got.keys() == g_plain.keys()
+        for n in g_plain:
+            assert torch.allclose(g_got[n], g_plain[n], atol=2e-5, rtol=1e-4), n

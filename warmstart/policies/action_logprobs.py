@@ -13,6 +13,10 @@ is the faster, exactly-equal path behind ``LMPolicy.forward_logprobs(..., action
    gradients equal those of the G full sequences (to float rounding). This is what the KV-cache
    sampler does at sampling time (it prefills each distinct prompt once and copies its cache rows).
 2. **The LM head at action positions only**, chunked (:func:`warmstart.functional.head_logprobs`).
+3. **Optionally compiled** (:class:`DecoderPasses`, ``policy.compile``): the decoder passes above
+   are two pure functions of tensors (HF's cache object lives and dies inside one of them, so it
+   never crosses a compiled boundary), compiled once with dynamic shapes so that batches of any
+   length reuse the same kernels.
 
 Only models whose head is a plain ``nn.Linear`` over the decoder's ``last_hidden_state`` qualify
 (Llama, Qwen2/3, Mistral, SmolLM2, ...); others (logit soft-capping or scaling, a wrapped head) use
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from warmstart.errors import warn
 from warmstart.functional import head_logprobs
 
 # config attributes that mean "the logits are not just lm_head(last_hidden_state)"
@@ -59,20 +64,91 @@ def shared_prefixes(input_ids: torch.Tensor, action_mask: torch.Tensor) -> tuple
     return rows, torch.tensor(lens, dtype=torch.long, device=dev), torch.tensor(inv, dtype=torch.long, device=dev)
 
 
+def _inputs(x: torch.Tensor) -> dict:
+    """The decoder's input argument for ``x``: token ids (R, T) or input embeddings (R, T, H)."""
+    return {"input_ids": x} if x.dim() == 2 else {"inputs_embeds": x}
+
+
+def decoder_hidden(decoder, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+    """Final hidden states (R, T, H) of right-padded rows ``ids`` (R, T) (or their embeddings (R, T,
+    H)): one plain decoder pass."""
+    return decoder(**_inputs(ids), attention_mask=att).last_hidden_state
+
+
+def shared_prefix_hidden(decoder, pref, pmask, inv, suffix, full_mask, pos) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two passes of a prefix-shared forward: the distinct prefixes ``pref`` (U, P) (mask
+    ``pmask``) with the cache on, the cache expanded to the R rows by ``inv`` (R,) (an index select,
+    so every row's gradient flows into its prefix), then the suffixes ``suffix`` (R, S) on it (mask
+    ``full_mask`` (R, P + S), rotary positions ``pos`` (R, S)); ``pref``/``suffix`` may be embeddings
+    (U, P, H), (R, S, H) instead of ids. Returns ``(h_pref (U, P, H), h_suf (R, S, H))``."""
+    out = decoder(**_inputs(pref), attention_mask=pmask, use_cache=True)
+    cache = out.cache  # transformers 5.x name (was past_key_values)
+    cache.reorder_cache(inv)  # (U, ...) -> (R, ...): every row gets its prefix's keys/values
+    h_suf = decoder(**_inputs(suffix), attention_mask=full_mask, position_ids=pos, cache=cache).last_hidden_state
+    return out.last_hidden_state, h_suf
+
+
+class DecoderPasses:
+    """Runs the decoder passes of :func:`action_logprobs` eagerly or through ``torch.compile``.
+
+    Compiled (``compile=True``): each pass is compiled once, with dynamic batch and sequence sizes
+    (``dynamic=True``), so a new length reuses the kernels instead of recompiling. torch.compile
+    specialises sizes 0 and 1, so :func:`action_logprobs` gives it no batch of one (a single row or
+    prefix is run twice, the copy unused: a few wasted FLOPs in a rare batch instead of a
+    compilation of minutes). The backward is compiled at the same time as the forward, so a
+    compiler failure surfaces here, where the pass is rerun eagerly and compilation switched off
+    with a one-line notice (a failure that the eager rerun repeats is the caller's error and
+    propagates). Gradient checkpointing runs eagerly.
+    """
+
+    def __init__(self, compile: bool = False, backend: str = "inductor"):
+        self.compile = compile
+        self.backend = backend  # tests use "aot_eager": the same graphs and guards, no code generation
+        self._compiled: dict = {}
+
+    def run(self, fn, *args):
+        """``fn(*args)``, compiled when this object compiles."""
+        if not self.compile:
+            return fn(*args)
+        compiled = self._compiled.get(fn)
+        if compiled is None:
+            compiled = self._compiled[fn] = torch.compile(fn, dynamic=True, backend=self.backend)
+        try:
+            # compile the backward with the forward (it is otherwise lowered at the first backward,
+            # where a failure could not fall back)
+            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                return compiled(*args)
+        except Exception as e:  # noqa: BLE001 -- rerun eagerly: a real error raises again there
+            out = fn(*args)
+            self.compile = False
+            while (inner := getattr(e, "inner_exception", None) or e.__cause__) is not None:
+                e = inner  # dynamo wraps the compiler's own error: name that one
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            warn(f"torch.compile of the training forward failed ({type(e).__name__}: {first}); "
+                 "training continues eagerly (policy.compile: false skips the attempt).")
+            return out
+
+
 def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor,
-                    temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = True):
+                    temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = True,
+                    passes: DecoderPasses | None = None, inputs_embeds: torch.Tensor | None = None,
+                    prefix_key: torch.Tensor | None = None, logit_bias: torch.Tensor | None = None):
     """Log-probs (B, T-1) of ``input_ids[:, 1:]`` at the positions set in ``action_mask`` (B, T-1), 0
     elsewhere (and the entropy there, no gradient, when asked), for a right-padded batch.
 
     With ``share_prefix`` rows that share a context prefix forward it once (see the module text);
     without it, or when every prefix is distinct, one decoder forward over the whole batch. Either
-    way the LM head runs at the action positions only. ``model`` must pass
-    :func:`supports_action_logprobs`.
+    way the LM head runs at the action positions only. ``passes`` runs the decoder (default: eagerly;
+    see :class:`DecoderPasses`). ``model`` must pass :func:`supports_action_logprobs`.
+
+    A vision-language model passes its ``inputs_embeds`` (B, T, H) (image features in the image
+    slots), ``prefix_key`` (B, T): ids that tell prefixes apart (the image slots numbered by distinct
+    image, so equal text with other images is not shared) and ``logit_bias`` (V,) added to the head.
     """
     B, T = input_ids.shape
     lp_out = torch.zeros(B, T - 1, dtype=torch.float32, device=input_ids.device)
     ent_out = torch.zeros(B, T - 1, dtype=torch.float32, device=input_ids.device) if with_entropy else None
-    rows, L, inv = shared_prefixes(input_ids, action_mask)
+    rows, L, inv = shared_prefixes(input_ids if prefix_key is None else prefix_key, action_mask)
     if not rows:  # nothing to score: keep the graph connected so backward() still works
         lp_out = lp_out + 0.0 * sum(p.sum() for p in model.parameters() if p.requires_grad)
         return (lp_out, ent_out) if with_entropy else lp_out
@@ -86,12 +162,20 @@ def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ckpt = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
     ckpt = ckpt if ckpt is not None else getattr(model, "is_gradient_checkpointing", False)
     share_prefix = share_prefix and not ckpt
+    passes = passes if passes is not None and not ckpt else _EAGER
+    x = (input_ids if inputs_embeds is None else inputs_embeds)[rows_t]  # (R, T) ids or (R, T, H) embeddings
     if not share_prefix or U == len(rows):
-        hidden = decoder(input_ids=input_ids[rows_t], attention_mask=attention_mask[rows_t]).last_hidden_state  # (R, T, H)
+        att = attention_mask[rows_t]
+        if passes.compile and len(rows) == 1:  # a second copy: a batch of one would compile a graph of its own
+            x, att = x.repeat(2, *[1] * (x.dim() - 1)), att.repeat(2, 1)
+        hidden = passes.run(decoder_hidden, decoder, x, att)  # (R, T, H)
         h = hidden[r_idx, t_idx]  # (N, H)
     else:
-        h = _prefix_shared_hidden(decoder, input_ids[rows_t], attention_mask[rows_t], L, inv, U, r_idx, t_idx)
-    res = head_logprobs(h, head.weight, head.bias, targets, temperature, with_entropy)
+        h = _prefix_shared_hidden(decoder, x, attention_mask[rows_t], L, inv, U, r_idx, t_idx, passes)
+    bias = head.bias
+    if logit_bias is not None:
+        bias = logit_bias.to(head.weight) if bias is None else bias + logit_bias.to(bias)
+    res = head_logprobs(h, head.weight, bias, targets, temperature, with_entropy)
     lp, ent = res if with_entropy else (res, None)
     b_idx = rows_t[r_idx]
     lp_out = lp_out.index_put((b_idx, t_idx), lp)
@@ -101,8 +185,9 @@ def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return lp_out
 
 
-def _prefix_shared_hidden(decoder, ids, att, L, inv, U, r_idx, t_idx) -> torch.Tensor:
-    """Final hidden states (N, H) at target positions ``(r_idx, t_idx)`` of rows ``ids`` (R, T), with
+def _prefix_shared_hidden(decoder, ids, att, L, inv, U, r_idx, t_idx, passes: DecoderPasses) -> torch.Tensor:
+    """Final hidden states (N, H) at target positions ``(r_idx, t_idx)`` of rows ``ids`` (R, T) (or
+    their embeddings (R, T, H)), with
     each distinct prefix (lengths ``L`` (R,), ids ``inv`` (R,)) forwarded once.
 
     Prefixes are right-padded to the longest (a padded query still sees its real predecessors, so no
@@ -110,30 +195,34 @@ def _prefix_shared_hidden(decoder, ids, att, L, inv, U, r_idx, t_idx) -> torch.T
     attend to the expanded cache through the 2-D mask [prefix mask | suffix mask], and carry their true
     positions ``L[r] + i`` for the rotary embedding.
     """
-    R, T = ids.shape
+    R, T = ids.shape[:2]
     dev = ids.device
     first_row = [int((inv == u).nonzero()[0]) for u in range(U)]
     Lu = L[first_row]  # (U,)
     P = int(Lu.max())
     ar_p = torch.arange(P, device=dev)
     pmask = (ar_p.unsqueeze(0) < Lu.unsqueeze(1)).long()  # (U, P)
-    pref = ids[first_row, :P] * pmask  # (U, P); columns past a prefix's end are padding (id 0, masked)
-    out = decoder(input_ids=pref, attention_mask=pmask, use_cache=True)
-    h_pref = out.last_hidden_state  # (U, P, H)
-    cache = out.cache  # transformers 5.x name (was past_key_values)
-    cache.reorder_cache(inv)  # (U, ...) -> (R, ...): every row gets its prefix's keys/values
+    pref = ids[first_row, :P]  # (U, P[, H]); columns past a prefix's end are masked out (pmask)
     lengths = att.sum(1)  # (R,)
     S = int((lengths - L).max())  # longest suffix
     ar_s = torch.arange(S, device=dev)
     src = (L.unsqueeze(1) + ar_s.unsqueeze(0)).clamp(max=T - 1)  # (R, S) input column of each suffix slot
     smask = (ar_s.unsqueeze(0) < (lengths - L).unsqueeze(1)).long()  # (R, S)
-    suffix = ids.gather(1, src) * smask
+    if ids.dim() == 2:
+        suffix = ids.gather(1, src) * smask  # (R, S); slots past a row's end are padding (id 0, masked)
+    else:
+        suffix = ids.gather(1, src.unsqueeze(-1).expand(-1, -1, ids.shape[-1]))  # (R, S, H), masked as above
     full_mask = torch.cat([pmask[inv], smask], dim=1)  # (R, P + S)
-    h_suf = decoder(input_ids=suffix, attention_mask=full_mask, position_ids=L.unsqueeze(1) + ar_s.unsqueeze(0),
-                    cache=cache).last_hidden_state  # (R, S, H)
+    pos = L.unsqueeze(1) + ar_s.unsqueeze(0)  # (R, S) true positions, for the rotary embedding
+    if passes.compile and U == 1:  # a second copy, unused: one prefix would compile a graph of its own
+        pref, pmask = pref.repeat(2, *[1] * (pref.dim() - 1)), pmask.repeat(2, 1)
+    h_pref, h_suf = passes.run(shared_prefix_hidden, decoder, pref, pmask, inv, suffix, full_mask, pos)  # (U, P, H), (R, S, H)
     # target position t of row r reads the hidden state at input position t: the prefix's last
     # position (t = L - 1) or suffix slot t - L
     in_prefix = (t_idx < L[r_idx]).unsqueeze(1)  # (N, 1)
     hp = h_pref[inv[r_idx], t_idx.clamp(max=P - 1)]
     hs = h_suf[r_idx, (t_idx - L[r_idx]).clamp(min=0, max=max(S - 1, 0))] if S > 0 else hp
     return torch.where(in_prefix, hp, hs)
+
+
+_EAGER = DecoderPasses(compile=False)

@@ -21,7 +21,7 @@ from warmstart.config import PluginConfig
 from warmstart.errors import WarmstartError, warn
 from warmstart.functional import logprobs_from_logits
 from warmstart.policies import POLICY_FILE
-from warmstart.policies.action_logprobs import action_logprobs, supports_action_logprobs
+from warmstart.policies.action_logprobs import DecoderPasses, action_logprobs, supports_action_logprobs
 from warmstart.policies.lora import LoRAConfig, adapter_model, apply_lora, is_lora, load_lora_policy_model, save_lora
 from warmstart.policies.sampler import LlamaKVSampler, Samples, hf_sample, kv_sampler_unsupported
 from warmstart.registry import POLICIES
@@ -49,6 +49,9 @@ class LMPolicyConfig(PluginConfig):
     threads: int | None = Field(None, description="torch CPU threads (default: torch's choice)")
     share_prompt: bool = Field(True, description="training: forward a prompt shared by several rows (a GRPO group) once, "
                                "its keys/values reused by all (same loss and gradients, fewer FLOPs)")
+    compile: bool = Field(False, description="training: torch.compile the decoder's forward/backward (dynamic shapes, eager "
+                          "fallback with a notice); pays off in long runs: the first compile takes minutes on a CPU, "
+                          "later runs reuse the on-disk cache (benchmarks/RESULTS.md)")
 
 
 def build_tiny_llama(cfg: LMPolicyConfig, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
@@ -86,6 +89,7 @@ class LMPolicy:
         self.bos_id = tokenizer.bos_token_id
         self.chat = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
         self.share_prefix = True  # training forwards each shared prompt once (see forward_logprobs)
+        self.passes = DecoderPasses(compile=False)  # the training forward's decoder passes: eager or compiled
         self.base_path = base_path  # where the frozen base of a LoRA policy is read back from (None: saved inside)
         self.save_merged = False  # LoRA: also write merged/ (a plain HF model) beside the adapter
         # the sampler reads the live weights of the inner causal LM (LoRA layers merged on the fly)
@@ -172,12 +176,13 @@ class LMPolicy:
 
         With ``action_mask`` (B, T-1) only those positions are scored (0 elsewhere), faster and equal:
         the LM head runs there only and rows sharing a prompt forward it once
-        (:mod:`warmstart.policies.action_logprobs`; ``share_prefix`` switches that part off)."""
+        (:mod:`warmstart.policies.action_logprobs`; ``share_prefix`` switches that part off), and its
+        decoder passes run through ``passes`` (compiled with ``policy.compile``)."""
         dev = self.device
         ids, mask = input_ids.to(dev), attention_mask.to(dev)
         if action_mask is not None and supports_action_logprobs(self.model):
             out = action_logprobs(self.model, ids, mask, action_mask.to(dev), temperature, with_entropy,
-                                  share_prefix=self.share_prefix)
+                                  share_prefix=self.share_prefix, passes=self.passes)
         else:
             logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
             out = logprobs_from_logits(logits, ids, temperature, with_entropy)
@@ -329,10 +334,12 @@ def make_lm_policy(cfg: LMPolicyConfig, task=None, seed: int = 0) -> LMPolicy:
 
         policy = LMPolicy.from_pretrained(smollm2_path(), cfg.use_chat_template, cfg.dtype, cfg.device, cfg.lora)
         policy.share_prefix = cfg.share_prompt
+        policy.passes = DecoderPasses(cfg.compile)
         return policy
     if cfg.path:
         policy = LMPolicy.from_pretrained(cfg.path, cfg.use_chat_template, cfg.dtype, cfg.device, cfg.lora)
         policy.share_prefix = cfg.share_prompt
+        policy.passes = DecoderPasses(cfg.compile)
         return policy
     from warmstart.policies.tokenizer import build_char_tokenizer
 
@@ -346,4 +353,5 @@ def make_lm_policy(cfg: LMPolicyConfig, task=None, seed: int = 0) -> LMPolicy:
     policy = LMPolicy(model, tok, cfg.use_chat_template)
     policy.save_merged = bool(cfg.lora and cfg.lora.save_merged)
     policy.share_prefix = cfg.share_prompt
+    policy.passes = DecoderPasses(cfg.compile)
     return policy

@@ -35,6 +35,7 @@ from warmstart.config import PluginConfig
 from warmstart.errors import DataError, WarmstartError
 from warmstart.functional import logprobs_from_logits
 from warmstart.policies import POLICY_FILE
+from warmstart.policies.action_logprobs import DecoderPasses, action_logprobs, supports_action_logprobs
 from warmstart.policies.lm import PROBE, LMPolicy, message_suffix
 from warmstart.policies.sampler import LlamaKVSampler, Samples, cut_at_stops, left_pad
 from warmstart.registry import POLICIES
@@ -297,6 +298,8 @@ class VLMPolicy:
         self.llava = is_llava_llama(model)
         self._sampler = VLMKVSampler(model, self.logit_bias) if self.llava else None
         self.frozen_vision = False
+        self.share_prefix = True  # training forwards a group's prompt (images included) once
+        self.passes = DecoderPasses(compile=False)  # the language model's training passes (see LMPolicy)
         if freeze_vision:
             self.freeze_vision()
 
@@ -485,28 +488,49 @@ class VLMPolicy:
         defaults to the policy's own; a frozen copy of it (GRPO's KL reference) may stand in."""
         model = model if model is not None else self.model
         images = images if images is not None else [[] for _ in range(input_ids.shape[0])]
-        uniq, rows = self._distinct(images)
         if self.llava:
-            emb = model.get_input_embeddings()(input_ids)  # (B, T, H)
-            if uniq:
-                feats = self.image_features(uniq, model)  # (U, n_img, H)
-                slots = input_ids == self.image_token_id
-                order = [j for r in rows for j in r]
-                if int(slots.sum()) != len(order) * feats.shape[1]:
-                    raise DataError(f"the batch has {int(slots.sum())} image tokens for {len(order)} images "
-                                    f"({feats.shape[1]} tokens each)")
-                emb = emb.masked_scatter(slots.unsqueeze(-1), feats[order].reshape(-1, emb.shape[-1]).to(emb.dtype))
+            emb, _ = self._embeds(input_ids, images, model)
             logits = model(inputs_embeds=emb, attention_mask=attention_mask).logits
         else:
+            uniq, rows = self._distinct(images)
             extra = self._mm_inputs(input_ids, [uniq[j] for r in rows for j in r])
             logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
         return logits + self.logit_bias.to(logits.dtype)
 
+    def _embeds(self, input_ids: torch.Tensor, images: Sequence[Sequence[Any]], model=None):
+        """Llava: input embeddings (B, T, H) with each image's projected features in its slots (each
+        distinct image through the vision tower once, with gradients), and prefix keys (B, T): the
+        ids with image slots numbered ``-(j + 1)`` by distinct image ``j``, so rows share a prompt
+        prefix only when text and images are both equal (as the sampler's prefill does)."""
+        model = model if model is not None else self.model
+        uniq, rows = self._distinct(images)
+        emb = model.get_input_embeddings()(input_ids)  # (B, T, H)
+        key = input_ids.clone()
+        if uniq:
+            feats = self.image_features(uniq, model)  # (U, n_img, H)
+            slots = input_ids == self.image_token_id
+            order = [j for r in rows for j in r]
+            if int(slots.sum()) != len(order) * feats.shape[1]:
+                raise DataError(f"the batch has {int(slots.sum())} image tokens for {len(order)} images "
+                                f"({feats.shape[1]} tokens each)")
+            emb = emb.masked_scatter(slots.unsqueeze(-1), feats[order].reshape(-1, emb.shape[-1]).to(emb.dtype))
+            img = torch.tensor(order, dtype=input_ids.dtype, device=input_ids.device).repeat_interleave(feats.shape[1])
+            key = key.masked_scatter(slots, -(img + 1))  # row-major, as the features above
+        return emb, key
+
     def forward_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,
                          images: Sequence[Sequence[Any]] | None = None, action_mask=None):
         """Log-probs (B, T-1) of ``input_ids[:, 1:]`` given the images (and the entropy per position
-        when asked), as the text policy's; every position is scored (``action_mask`` is accepted for
-        the common signature and not used)."""
+        when asked), as the text policy's. With ``action_mask`` (B, T-1) on a Llava, as the text
+        policy's: only those positions are scored (0 elsewhere), the head runs there only and the rows
+        of a group forward their shared prompt -- image tokens included -- once
+        (:func:`~warmstart.policies.action_logprobs.action_logprobs`); other VLMs score every position."""
+        if action_mask is not None and self.llava and supports_action_logprobs(self.model):
+            images = images if images is not None else [[] for _ in range(input_ids.shape[0])]
+            emb, key = self._embeds(input_ids, images)
+            return action_logprobs(self.model, input_ids, attention_mask, action_mask, temperature, with_entropy,
+                                   share_prefix=self.share_prefix, passes=self.passes, inputs_embeds=emb,
+                                   prefix_key=key, logit_bias=self.logit_bias)
         return logprobs_from_logits(self.logits(input_ids, attention_mask, images), input_ids, temperature, with_entropy)
 
     # --------------------------------------------------------------------------------- save/load
