@@ -44,25 +44,30 @@ def start(variant: str, seed: int, out: Path, sets: list[str]):
     return variant, seed, run_dir, p, time.time()
 
 
-def finish(variant, seed, run_dir, p, t0) -> dict:
-    """Wait for one run (its own peak RSS from ``os.wait4``) and read its summary and metrics."""
+def finish(variant, seed, run_dir, p, t0, init: dict | None = None) -> dict:
+    """Wait for one run (its own peak RSS from ``os.wait4``) and read its summary and metrics. ``init``: the
+    pretrained model's evaluation from an earlier run, for a run started with ``eval.before=false``."""
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.time() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         log = (run_dir.parent / f"{variant}-seed{seed}.log").read_text(errors="replace")
         raise SystemExit(f"{variant} seed {seed} failed:\n{log[-3000:]}")
     s = json.loads((run_dir / "summary.json").read_text())
+    s["init"] = s.get("init") or init
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["phase"] == "grpo"]
     cfg = (run_dir / "config.yaml").read_text()
     return {
-        "variant": variant, "seed": seed, "init_acc": s["init"]["accuracy"], "final_acc": s["final"]["accuracy"],
+        "variant": variant, "seed": seed, "init": s["init"], "init_acc": s["init"]["accuracy"], "final_acc": s["final"]["accuracy"],
         "n": s["final"]["n"], "step_s": statistics.median(r["time_step_s"] for r in steps),
         "sample_tok_s": statistics.median(r["sample_tokens_per_s"] for r in steps),
         "train_tok_s": statistics.median(r["train_tokens_per_s"] for r in steps),
         "tok_s": statistics.median(r["tokens_per_s"] for r in steps),
         "reward_curve": [round(r["reward"], 3) for r in steps],
         "acc_curve": [round(r["accuracy"], 3) for r in steps],
+        "completion_tokens": [round(r["completion_tokens"], 1) for r in steps],
+        "eval_s": [r["eval_time_s"] for r in rows if r["phase"] == "eval"],
+        "final_mean_tokens": s["final"].get("mean_tokens"),
         "peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": wall, "run_dir": str(run_dir),
         "trainable": _trainable(run_dir), "lora": "lora:" in cfg,
     }
@@ -94,6 +99,9 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe override, repeatable")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-smollm2-grpo"))
     ap.add_argument("--json", default=None, help="append each row to this JSONL file")
+    ap.add_argument("--init-once", action="store_true",
+                    help="evaluate the pretrained model in the first run only (greedy decoding of the same held-out "
+                         "set: the same for every seed and variant) and reuse it; not with --parallel")
     args = ap.parse_args()
     cmd = "python benchmarks/smollm2_grpo.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
@@ -101,8 +109,11 @@ def main() -> None:
     rows = []
     jobs = [(v, s) for v in args.variants for s in args.seeds]
     started = [start(v, s, out, args.sets) for v, s in jobs] if args.parallel else None
+    init = None
     for i, (v, s) in enumerate(jobs):
-        r = finish(*(started[i] if started else start(v, s, out, args.sets)))
+        skip = ["eval.before=false"] if args.init_once and init is not None else []
+        r = finish(*(started[i] if started else start(v, s, out, args.sets + skip)), init=init)
+        init = r["init"]
         rows.append(r)
         print(json.dumps(r), flush=True)
         if args.json:
