@@ -148,6 +148,8 @@ def test_an_interrupted_and_resumed_run_continues_its_mlflow_run(mlflow_run, tmp
     _, ref_dir = mlflow_run
     uri = f"sqlite:///{ref_dir.resolve() / 'mlruns' / 'mlflow.db'}"  # already migrated: no slow schema set-up
     sets = ["log.mlflow=true", f"log.mlflow_uri={uri}", "log.mlflow_experiment=tiny-resume"]
+    client = MlflowClient(tracking_uri=uri)  # the experiment's artifacts in tmp (MLflow's default: ./mlruns)
+    client.create_experiment("tiny-resume", artifact_location=(tmp_path / "artifacts").as_uri())
     real_write = log_mod.MetricsLogger.write
 
     def write_then_interrupt(self, row):  # Ctrl-C right after SFT step 5 is logged (the checkpoint is step 4)
@@ -160,7 +162,6 @@ def test_an_interrupted_and_resumed_run_continues_its_mlflow_run(mlflow_run, tmp
         run(tmp_path, "run", *sets)
     run_dir = tmp_path / "run"
     run_id = json.loads((run_dir / "tracking.json").read_text())["mlflow"]
-    client = MlflowClient(tracking_uri=uri)
     assert client.get_run(run_id).info.status == "FAILED"
     assert [m.step for m in client.get_metric_history(run_id, "sft/loss")] == [1, 2, 3, 4, 5]
 
