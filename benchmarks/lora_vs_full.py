@@ -36,8 +36,10 @@ def build(variant: str, args):
 
     sets = [f"phases.grpo.prompts_per_step={args.prompts}", f"phases.grpo.group_size={args.group}",
             f"phases.grpo.max_new_tokens={args.new_tokens}", "eval.n=1"]
-    if variant == "lora":
-        sets += [f"policy.lora={{r: {args.r}, alpha: {2 * args.r}}}", "phases.grpo.lr=2.0e-4"]
+    if variant == "lora":  # the recipe's own learning rate
+        sets += [f"policy.lora={{r: {args.r}, alpha: {2 * args.r}}}"]
+    else:  # the recipe has LoRA on: full fine-tuning must switch it off (and takes a 10x smaller lr)
+        sets += ["policy.lora=null", "phases.grpo.lr=3.0e-5"]
     recipe, _ = load_recipe(ROOT / "recipes" / "smollm2-grpo.yaml", sets)
     ctx = build_context(recipe)
     phase = PHASES.get("grpo").factory(recipe.phases[0], ctx)
@@ -101,6 +103,9 @@ def main() -> None:
         med[v] = {k: statistics.median(r[k] for r in rows[v]) for k in ("step_s", "sample", "train")}
         print(f"{v:>7} {sb['trainable']:>12,} {sb['train_state_mb']:>14.1f} {rss.get(v, float('nan')):>11.0f} "
               f"{med[v]['step_s']:>7.1f} {med[v]['sample']:>12.1f} {med[v]['train']:>11.1f}")
+    for v in pols:
+        print(f"{v} learning curve (mean reward per round, the same problems for both): "
+              + " ".join(f"{r['reward']:.3f}" for r in rows[v]))
     print(f"LoRA / full: train tok/s x{med['lora']['train'] / med['full']['train']:.2f}, sample tok/s "
           f"x{med['lora']['sample'] / med['full']['sample']:.2f}, step time x{med['lora']['step_s'] / med['full']['step_s']:.2f}")
 

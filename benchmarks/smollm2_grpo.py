@@ -11,6 +11,7 @@ learning curve (mean reward per step).
 
     python benchmarks/smollm2_grpo.py --variants lora --seeds 0 1 2
     python benchmarks/smollm2_grpo.py --variants lora full --seeds 0 --parallel
+    python benchmarks/smollm2_grpo.py --probe 64 96    # sizing: one greedy eval (64 problems, 96 tokens), one step
 """
 
 from __future__ import annotations
@@ -44,25 +45,30 @@ def start(variant: str, seed: int, out: Path, sets: list[str]):
     return variant, seed, run_dir, p, time.time()
 
 
-def finish(variant, seed, run_dir, p, t0) -> dict:
-    """Wait for one run (its own peak RSS from ``os.wait4``) and read its summary and metrics."""
+def finish(variant, seed, run_dir, p, t0, init: dict | None = None) -> dict:
+    """Wait for one run (its own peak RSS from ``os.wait4``) and read its summary and metrics. ``init``: the
+    pretrained model's evaluation from an earlier run, for a run started with ``eval.before=false``."""
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.time() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         log = (run_dir.parent / f"{variant}-seed{seed}.log").read_text(errors="replace")
         raise SystemExit(f"{variant} seed {seed} failed:\n{log[-3000:]}")
     s = json.loads((run_dir / "summary.json").read_text())
+    s["init"] = s.get("init") or init
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["phase"] == "grpo"]
     cfg = (run_dir / "config.yaml").read_text()
     return {
-        "variant": variant, "seed": seed, "init_acc": s["init"]["accuracy"], "final_acc": s["final"]["accuracy"],
+        "variant": variant, "seed": seed, "init": s["init"], "init_acc": s["init"]["accuracy"], "final_acc": s["final"]["accuracy"],
         "n": s["final"]["n"], "step_s": statistics.median(r["time_step_s"] for r in steps),
         "sample_tok_s": statistics.median(r["sample_tokens_per_s"] for r in steps),
         "train_tok_s": statistics.median(r["train_tokens_per_s"] for r in steps),
         "tok_s": statistics.median(r["tokens_per_s"] for r in steps),
         "reward_curve": [round(r["reward"], 3) for r in steps],
         "acc_curve": [round(r["accuracy"], 3) for r in steps],
+        "completion_tokens": [round(r["completion_tokens"], 1) for r in steps],
+        "eval_s": [r["eval_time_s"] for r in rows if r["phase"] == "eval"],
+        "final_mean_tokens": s["final"].get("mean_tokens"),
         "peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": wall, "run_dir": str(run_dir),
         "trainable": _trainable(run_dir), "lora": "lora:" in cfg,
     }
@@ -86,6 +92,39 @@ def _prod(shape) -> int:
     return n
 
 
+def probe(n: int, max_new: int, sets: list[str]) -> None:
+    """Size the recipe before running it: one greedy evaluation of ``n`` held-out problems with a
+    ``max_new``-token budget (time, accuracy, answer lengths, how many hit the budget or carry the
+    answer marker), then one GRPO step of the recipe (time, its metrics) and this process's peak RSS."""
+    import resource
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from warmstart.engine.config import load_recipe
+    from warmstart.engine.run import build_context
+    from warmstart.registry import PHASES
+    from warmstart.rollout import Sampling, rollout
+
+    torch.set_num_threads(1)
+    recipe, _ = load_recipe(ROOT / "recipes" / "smollm2-grpo.yaml", sets + [f"task.n_test={n}", f"eval.n={n}"])
+    ctx = build_context(recipe)
+    problems = ctx.eval_task.eval_problems(n)
+    t = time.time()
+    eps, _ = rollout(ctx.policy, problems, sampling=Sampling(max_new, 0.0, batch_size=n))
+    lens = [len(e.ids) for e in eps]
+    print(json.dumps({"n": n, "max_new_tokens": max_new, "eval_s": round(time.time() - t, 1),
+                      "accuracy": sum(ctx.eval_task.is_correct(e.text, p.answer) for e, p in zip(eps, problems)) / n,
+                      "tokens_median": statistics.median(lens), "at_budget": sum(x >= max_new for x in lens),
+                      "with_marker": sum(ctx.eval_task.answer_marker in e.text for e in eps)}), flush=True)
+    phase = PHASES.get("grpo").factory(recipe.phases[0], ctx)
+    phase.on_start(0)
+    t = time.time()
+    m = phase.step(0, 0)
+    print(json.dumps({"step_s": round(time.time() - t, 1), **{k: v for k, v in m.items() if isinstance(v, (int, float))}}))
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; load average {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=["lora"], choices=sorted(VARIANTS))
@@ -94,15 +133,25 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe override, repeatable")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-smollm2-grpo"))
     ap.add_argument("--json", default=None, help="append each row to this JSONL file")
+    ap.add_argument("--init-once", action="store_true",
+                    help="evaluate the pretrained model in the first run only (greedy decoding of the same held-out "
+                         "set: the same for every seed and variant) and reuse it; not with --parallel")
+    ap.add_argument("--probe", type=int, nargs=2, metavar=("N", "TOKENS"), default=None,
+                    help="size the recipe instead: one greedy eval of N held-out problems at TOKENS new tokens, one GRPO step")
     args = ap.parse_args()
+    if args.probe:
+        return probe(*args.probe, args.sets)
     cmd = "python benchmarks/smollm2_grpo.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     jobs = [(v, s) for v in args.variants for s in args.seeds]
     started = [start(v, s, out, args.sets) for v, s in jobs] if args.parallel else None
+    init = None
     for i, (v, s) in enumerate(jobs):
-        r = finish(*(started[i] if started else start(v, s, out, args.sets)))
+        skip = ["eval.before=false"] if args.init_once and init is not None else []
+        r = finish(*(started[i] if started else start(v, s, out, args.sets + skip)), init=init)
+        init = r["init"]
         rows.append(r)
         print(json.dumps(r), flush=True)
         if args.json:

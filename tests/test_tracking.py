@@ -132,3 +132,54 @@ def test_wandb_offline_run_holds_config_metrics_and_files(tmp_path):
         assert key in log, key
     assert json.dumps(summary["final"]["accuracy"]).encode() in log
     assert json.dumps(last["loss"]).encode() in log
+
+
+@pytest.mark.slow
+def test_an_interrupted_and_resumed_run_continues_its_mlflow_run(mlflow_run, tmp_path, monkeypatch):
+    """What a user expects of ``--resume`` with ``log.mlflow``: ONE MLflow run (the same run id), FAILED while
+    interrupted and FINISHED at the end, tagged ``warmstart.resumes``; every step's metrics in it equal the
+    uninterrupted run's. The steps between the checkpoint and the interruption are logged twice, with equal
+    values (resume is exact), so MLflow's curves are those of a run that never stopped."""
+    from mlflow.tracking import MlflowClient
+
+    from warmstart.engine import logging as log_mod
+    from warmstart.errors import WarmstartError
+
+    _, ref_dir = mlflow_run
+    uri = f"sqlite:///{ref_dir.resolve() / 'mlruns' / 'mlflow.db'}"  # already migrated: no slow schema set-up
+    sets = ["log.mlflow=true", f"log.mlflow_uri={uri}", "log.mlflow_experiment=tiny-resume"]
+    client = MlflowClient(tracking_uri=uri)  # the experiment's artifacts in tmp (MLflow's default: ./mlruns)
+    client.create_experiment("tiny-resume", artifact_location=(tmp_path / "artifacts").as_uri())
+    real_write = log_mod.MetricsLogger.write
+
+    def write_then_interrupt(self, row):  # Ctrl-C right after SFT step 5 is logged (the checkpoint is step 4)
+        real_write(self, row)
+        if row.get("phase") == "sft" and row.get("step") == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(log_mod.MetricsLogger, "write", write_then_interrupt)
+    with pytest.raises(WarmstartError, match="interrupted at global step 5"):
+        run(tmp_path, "run", *sets)
+    run_dir = tmp_path / "run"
+    run_id = json.loads((run_dir / "tracking.json").read_text())["mlflow"]
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run_id, "sft/loss")] == [1, 2, 3, 4, 5]
+
+    monkeypatch.setattr(log_mod.MetricsLogger, "write", real_write)
+    p = tmp_path / "tiny.yaml"
+    recipe, raw = load_recipe(p, overrides=sets)
+    summary = run_recipe(recipe, raw, run_dir=run_dir, resume=True, quiet=True)
+    assert json.loads((run_dir / "tracking.json").read_text())["mlflow"] == run_id
+    exp = client.get_experiment_by_name("tiny-resume")
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]  # one run, not a second one for the resumed part
+    r = client.get_run(run_id)
+    assert r.info.status == "FINISHED" and r.data.tags["warmstart.resumes"] == "1"
+    assert rows(run_dir) == rows(ref_dir)  # the resume is exact
+    for key, phase in (("loss", "sft"), ("reward", "grpo")):
+        want = sorted((x["step"], float(x[key])) for x in rows(run_dir) if x.get("phase") == phase)
+        got = sorted((m.step, m.value) for m in client.get_metric_history(run_id, f"{phase}/{key}"))
+        assert sorted(set(got)) == want, key  # every step, with the uninterrupted run's value
+        if phase == "sft":  # step 5 twice (before the interruption and after the resume), equal values
+            assert [s for s, _ in got].count(5) == 2 and len(got) == len(want) + 1
+    assert r.data.metrics["final/accuracy"] == pytest.approx(summary["final"]["accuracy"])

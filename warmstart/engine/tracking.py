@@ -79,6 +79,10 @@ class MlflowTracker:
         if run_id is not None:  # a resumed run continues its MLflow run; its parameters are already there
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
+            # steps logged after the checkpoint it resumes from are logged again (with equal values: resume is
+            # exact); the tag says the run was resumed, and how often
+            done = int(self.client.get_run(run_id).data.tags.get("warmstart.resumes", "0"))
+            self.client.set_tag(run_id, "warmstart.resumes", str(done + 1))
             return
         exp = self.client.get_experiment_by_name(experiment)
         if exp is not None:
