@@ -47,7 +47,28 @@ def graphs() -> int:
 
 
 def test_recipe_switch_builds_compiled_passes():
-    assert tiny(compile=True).passes.compile and not tiny().passes.compile
+    on, off = tiny(compile=True), tiny()
+    assert on.passes.compile and on._sampler.passes.compile
+    assert not off.passes.compile and not off._sampler.passes.compile
+
+
+def test_compiled_decode_step_samples_what_eager_samples_with_one_graph():
+    torch._dynamo.reset()
+    policy, eager = tiny(), tiny()
+    policy._sampler.compile_decode(True, backend="aot_eager")
+    start, finished = graphs(), []
+    # batches of 8 rows (= head_dim: duck sizing would tie the two and recompile when rows finish),
+    # 3, 1 (eager) and 6; GRPO-style repeated prompts and distinct ones; other lengths each time
+    for k, (prompts, G) in enumerate([(["1+2", "33*4+1"], 4), (["9"], 3), (["1+1+1+1+1+1"], 1), (["5*5", "6", "7+7+7"], 2)]):
+        ids = [policy.encode_prompt(p) for p in prompts for _ in range(G)]
+        got = policy.sample(ids, 12 + 3 * k, generator=torch.Generator().manual_seed(k))
+        want = eager.sample(ids, 12 + 3 * k, generator=torch.Generator().manual_seed(k))
+        assert got.ids == want.ids and got.finished == want.finished
+        finished += want.finished
+        for a, b in zip(got.logprobs, want.logprobs):
+            assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+    assert any(finished) and not all(finished)  # rows stopped mid-batch: batches were compacted
+    assert graphs() - start == 1 and policy._sampler.passes.compile
 
 
 @pytest.mark.slow

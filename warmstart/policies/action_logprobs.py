@@ -101,8 +101,11 @@ class DecoderPasses:
     propagates). Gradient checkpointing runs eagerly.
     """
 
-    def __init__(self, compile: bool = False, backend: str = "inductor"):
+    def __init__(self, compile: bool = False, backend: str = "inductor", what: str = "the training forward",
+                 dynamic: bool | None = True):
         self.compile = compile
+        self.what = what  # named in the fallback notice
+        self.dynamic = dynamic  # torch.compile's: True = every size symbolic; None = sizes the caller marks dynamic
         self.backend = backend  # tests use "aot_eager": the same graphs and guards, no code generation
         self._compiled: dict = {}
 
@@ -112,11 +115,14 @@ class DecoderPasses:
             return fn(*args)
         compiled = self._compiled.get(fn)
         if compiled is None:
-            compiled = self._compiled[fn] = torch.compile(fn, dynamic=True, backend=self.backend)
+            compiled = self._compiled[fn] = torch.compile(fn, dynamic=self.dynamic, backend=self.backend)
         try:
             # compile the backward with the forward (it is otherwise lowered at the first backward,
             # where a failure could not fall back)
-            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+            # no duck sizing: a batch that happens to equal a model size (8 rows, head_dim 8) would
+            # otherwise share its symbol and recompile when the batch shrinks
+            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True), \
+                    torch.fx.experimental._config.patch(use_duck_shape=False):
                 return compiled(*args)
         except Exception as e:  # noqa: BLE001 -- rerun eagerly: a real error raises again there
             out = fn(*args)
@@ -124,8 +130,8 @@ class DecoderPasses:
             while (inner := getattr(e, "inner_exception", None) or e.__cause__) is not None:
                 e = inner  # dynamo wraps the compiler's own error: name that one
             first = (str(e).strip().splitlines() or [""])[0][:200]
-            warn(f"torch.compile of the training forward failed ({type(e).__name__}: {first}); "
-                 "training continues eagerly (policy.compile: false skips the attempt).")
+            warn(f"torch.compile of {self.what} failed ({type(e).__name__}: {first}); "
+                 "it continues eagerly (policy.compile: false skips the attempt).")
             return out
 
 

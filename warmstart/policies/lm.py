@@ -49,7 +49,7 @@ class LMPolicyConfig(PluginConfig):
     threads: int | None = Field(None, description="torch CPU threads (default: torch's choice)")
     share_prompt: bool = Field(True, description="training: forward a prompt shared by several rows (a GRPO group) once, "
                                "its keys/values reused by all (same loss and gradients, fewer FLOPs)")
-    compile: bool = Field(False, description="training: torch.compile the decoder's forward/backward (dynamic shapes, eager "
+    compile: bool = Field(False, description="torch.compile the training forward/backward and the sampler's decode step (dynamic shapes, eager "
                           "fallback with a notice); pays off in long runs: the first compile takes minutes on a CPU, "
                           "later runs reuse the on-disk cache (benchmarks/RESULTS.md)")
 
@@ -102,6 +102,13 @@ class LMPolicy:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def set_compile(self, compile: bool) -> None:
+        """``torch.compile`` (True) or run eagerly (False) the training forward/backward and the KV
+        sampler's decode step (:class:`DecoderPasses`: dynamic shapes, eager fallback with a notice)."""
+        self.passes = DecoderPasses(compile)
+        if self._sampler is not None:
+            self._sampler.compile_decode(compile)
 
     # ------------------------------------------------------------------------------------ text <-> ids
     def encode_prompt(self, prompt: str, tools: list[dict] | None = None) -> list[int]:
@@ -333,14 +340,10 @@ def make_lm_policy(cfg: LMPolicyConfig, task=None, seed: int = 0) -> LMPolicy:
         from warmstart.policies.pretrained import smollm2_path
 
         policy = LMPolicy.from_pretrained(smollm2_path(), cfg.use_chat_template, cfg.dtype, cfg.device, cfg.lora)
-        policy.share_prefix = cfg.share_prompt
-        policy.passes = DecoderPasses(cfg.compile)
-        return policy
+        return _speed_options(policy, cfg)
     if cfg.path:
         policy = LMPolicy.from_pretrained(cfg.path, cfg.use_chat_template, cfg.dtype, cfg.device, cfg.lora)
-        policy.share_prefix = cfg.share_prompt
-        policy.passes = DecoderPasses(cfg.compile)
-        return policy
+        return _speed_options(policy, cfg)
     from warmstart.policies.tokenizer import build_char_tokenizer
 
     torch.manual_seed(seed)
@@ -352,6 +355,11 @@ def make_lm_policy(cfg: LMPolicyConfig, task=None, seed: int = 0) -> LMPolicy:
         model = apply_lora(model, cfg.lora)
     policy = LMPolicy(model, tok, cfg.use_chat_template)
     policy.save_merged = bool(cfg.lora and cfg.lora.save_merged)
+    return _speed_options(policy, cfg)
+
+
+def _speed_options(policy: LMPolicy, cfg: LMPolicyConfig) -> LMPolicy:
+    """The recipe's prompt sharing and compile switches, set on a built policy."""
     policy.share_prefix = cfg.share_prompt
-    policy.passes = DecoderPasses(cfg.compile)
+    policy.set_compile(cfg.compile)
     return policy

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from warmstart.policies.action_logprobs import DecoderPasses
+
 
 @dataclass
 class Samples:
@@ -80,11 +82,12 @@ class LlamaKVSampler:
     """Samples from a live Llama-family causal LM (``LlamaForCausalLM``, Mistral, Qwen2, Qwen3; peft
     LoRA layers inside it are sampled with their merged weights) with a preallocated KV cache."""
 
-    def __init__(self, model):
+    def __init__(self, model, compile: bool = False):
         why = kv_sampler_unsupported(model)
         if why is not None:
             raise ValueError(f"LlamaKVSampler cannot run this model: {why}")
         self.model = model
+        self.compile_decode(compile)
         cfg = model.config
         self.qk_norm = cfg.model_type == "qwen3"  # RMSNorm over head_dim on queries and keys, before RoPE
         self.n_layers = cfg.num_hidden_layers
@@ -107,6 +110,11 @@ class LlamaKVSampler:
         # rotate_half(x) * sin == flip_halves(x) * (sign * sin) with sign = [-1]*hd/2 + [+1]*hd/2
         sign = torch.cat([-torch.ones(self.head_dim // 2), torch.ones(self.head_dim // 2)])
         self.sin_signed = (emb.sin() * sign).to(dev, w0.dtype)
+
+    def compile_decode(self, compile: bool, backend: str = "inductor") -> None:
+        """Run the per-token decode step compiled (``policy.compile``) or eagerly; the prefill runs
+        once per call and stays eager. Sizes that vary are marked by :func:`mark_decode_dynamic`."""
+        self.passes = DecoderPasses(compile, backend, what="the sampler's decode step", dynamic=None)
 
     # -------------------------------------------------------------------------------- building blocks
     def _rms(self, x, w):
@@ -171,19 +179,22 @@ class LlamaKVSampler:
         v = qkv[..., nq + nkv :].view(B, S, self.n_kv, self.head_dim).transpose(1, 2)
         kc[li][:, :, slot] = k
         vc[li][:, :, slot] = v
-        K = kc[li][:, :, : slot.stop]
+        K = kc[li][:, :, : slot.stop]  # (B, nkv, K, hd)
         V = vc[li][:, :, : slot.stop]
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            K = K.repeat_interleave(rep, dim=1)
-            V = V.repeat_interleave(rep, dim=1)
         if S == 1:
-            # decode: one query per row; plain matmuls beat the fused kernel at this size
-            att_w = q @ K.transpose(-1, -2) + mask  # (B, nh, 1, K); mask is the additive bias
-            o = att_w.softmax(-1) @ V  # (B, nh, 1, hd)
+            # decode: one query per row; plain matmuls beat the fused kernel at this size. Grouped-query
+            # attention without copying the cache: query head h reads kv head h // rep (HF's repeat_kv),
+            # so the rep query heads of a kv head attend together as a (rep, hd) block. Expanding K/V
+            # to every query head instead (repeat_interleave) copied the whole cache per layer and
+            # token: 25x slower on SmolLM2 (9 query / 3 kv heads) at 200 cached tokens.
+            rep = self.n_heads // self.n_kv
+            qg = q.reshape(B, self.n_kv, rep, self.head_dim)
+            att_w = qg @ K.transpose(-1, -2) + mask  # (B, nkv, rep, K); mask is the additive bias (B, 1, 1, K)
+            o = (att_w.softmax(-1) @ V).reshape(B, S, nq)  # (B, nkv, rep, hd) -> (B, 1, nh * hd)
         else:
-            o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=1.0)  # (B, nh, S, hd)
-        o = o.transpose(1, 2).reshape(B, S, nq)
+            o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=1.0,
+                                               enable_gqa=self.n_kv != self.n_heads)  # (B, nh, S, hd)
+            o = o.transpose(1, 2).reshape(B, S, nq)
         x = x + F.linear(o, w_o, b_o)
         h = self._rms(x, layer.post_attention_layernorm.weight)
         gu = F.linear(h, w_gu, b_gu)
@@ -192,6 +203,21 @@ class LlamaKVSampler:
 
     def _logits(self, x):
         return self.model.lm_head(self._rms(x, self.model.model.norm.weight))
+
+    def _decode_step(self, tok, pos, kc, vc, bias):
+        """One token for the active rows: embed ``tok`` (b,) at positions ``pos`` (b,), write its
+        keys/values at cache column ``K - 1`` and return the next logits (b, V); ``bias`` (b, K) is
+        the additive attention bias over the K columns written so far (this one included). A pure
+        function of tensors, so that ``torch.compile`` (``compile=True``) traces it once, with the
+        batch and cache sizes dynamic (:func:`mark_decode_dynamic`), and fuses its elementwise ops."""
+        x = self.model.model.embed_tokens(tok.unsqueeze(1))  # (b, 1, H)
+        rope = self._rope_tables(pos.unsqueeze(1))
+        col = bias.shape[1] - 1
+        mask = bias[:, None, None, :]  # (b, 1, 1, K)
+        slot = slice(col, col + 1)
+        for li in range(self.n_layers):
+            x = self._layer(li, x, rope, kc, vc, slot, mask)
+        return self._logits(x)[:, -1, :]
 
     # ------------------------------------------------------------------------------------- forward
     @torch.no_grad()
@@ -307,15 +333,16 @@ class LlamaKVSampler:
                     vc = [c.index_select(0, idx) for c in vc]
             if t == max_new_tokens - 1:
                 break
-            col = P + t
-            mask = key_bias[:, None, None, : col + 1]  # (b, 1, 1, K)
-            x = self.model.model.embed_tokens(tok.unsqueeze(1))  # (b, 1, H)
-            rope = self._rope_tables(next_pos.unsqueeze(1))
-            slot = slice(col, col + 1)
-            for li in range(self.n_layers):
-                x = self._layer(li, x, rope, kc, vc, slot, mask)
+            if len(rows) > 1:
+                # tok is a view until the batch is compacted and a fresh tensor after: dynamo guards on
+                # that, so it always gets a fresh tensor (b ints) and one graph serves every step
+                args = (tok.clone(), next_pos, kc, vc, key_bias[:, : P + t + 1])
+                if self.passes.compile:
+                    mark_decode_dynamic(*args)
+                last = self.passes.run(self._decode_step, *args)
+            else:  # torch.compile specialises a batch of one: a last row runs eagerly, not a second compile
+                last = self._decode_step(tok, next_pos, kc, vc, key_bias[:, : P + t + 1])
             next_pos = next_pos + 1
-            last = self._logits(x)[:, -1, :]
         L = lengths.tolist()
         ids_l = gen_ids.tolist()
         lp_l = gen_lp.tolist()
@@ -343,6 +370,21 @@ class LlamaKVSampler:
         else:
             tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+
+
+def mark_decode_dynamic(tok, pos, kc, vc, bias) -> None:
+    """Tell torch.compile which sizes of :meth:`LlamaKVSampler._decode_step`'s inputs vary: the
+    batch (rows finish and are dropped) and the cache length (each call's prompt and token budget)
+    and written columns. Everything else (weights, heads, RoPE tables) stays static, which keeps
+    tracing quick: with every size symbolic it took ~20 s of shape reasoning for one layer."""
+    mark = torch._dynamo.mark_dynamic
+    for t in (tok, pos):
+        mark(t, 0)
+    mark(bias, 0)
+    mark(bias, 1)
+    for c in (*kc, *vc):  # (b, n_kv, L, hd)
+        mark(c, 0)
+        mark(c, 2)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
