@@ -16,6 +16,13 @@ other processes on a shared machine do not distort it; wall time is printed besi
 Writes ``grpo_prompt_sweep.json`` and ``grpo_prompt_sweep.png`` beside this file.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grpo_prompt_sweep.py [--reps 3]
+
+``--whole-steps`` times whole GRPO steps instead, warmstart against TRL's GRPOTrainer: for each
+prompt length one ``grpo_vs_trl.py --prompt-len P`` run (its step shape: 8 prompts x G = 8, <= 32
+new tokens, tiny Llama with hidden 128, steps interleaved, one thread), collected into
+``grpo_prompt_sweep_steps.json`` / ``.png``:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grpo_prompt_sweep.py --whole-steps [--steps 3]
 """
 
 from __future__ import annotations
@@ -69,16 +76,64 @@ def train_pass(policy_like, model, batch, cfg) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def whole_steps(lengths: list[int], steps: int, cmd: str) -> None:
+    """Whole GRPO steps of TRL and warmstart at each prompt length (one grpo_vs_trl.py process each)."""
+    import subprocess
+    import tempfile
+
+    here = Path(__file__).resolve().parent
+    rows = []
+    print("| prompt tokens | TRL s/step | warmstart s/step | speed-up | TRL CPU s | warmstart CPU s | speed-up (CPU) | TRL gen s | warmstart gen s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for P in lengths:
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            run = [sys.executable, str(here / "grpo_vs_trl.py"), "--prompt-len", str(P), "--steps", str(steps),
+                   "--warmup", "1", "--threads", "1", "--json", f.name]
+            done = subprocess.run(run, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if done.returncode:
+                raise SystemExit(f"grpo_vs_trl.py --prompt-len {P} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+            res = json.loads(Path(f.name).read_text())["systems"]
+        t, w = res["TRL"], res["warmstart"]
+        rows.append({"prompt_tokens": P, "trl": t, "warmstart": w})
+        print(f"| {P} | {t['s_per_step']:.3f} | {w['s_per_step']:.3f} | {t['s_per_step'] / w['s_per_step']:.2f}x "
+              f"| {t['cpu_s_median']:.3f} | {w['cpu_s_median']:.3f} | {t['cpu_s_median'] / w['cpu_s_median']:.2f}x "
+              f"| {t['generation_s']:.3f} | {w['generation_s']:.3f} |", flush=True)
+    out = here / "grpo_prompt_sweep_steps.json"
+    out.write_text(json.dumps({"command": cmd, "steps": steps, "load_end": os.getloadavg(), "rows": rows}, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = [r["prompt_tokens"] for r in rows]
+    ax.plot(xs, [r["trl"]["cpu_s_median"] for r in rows], "o-", label="TRL GRPOTrainer")
+    ax.plot(xs, [r["warmstart"]["cpu_s_median"] for r in rows], "s-", label="warmstart")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("prompt tokens (completions <= 32)")
+    ax.set_ylabel("whole GRPO step, CPU s (median)")
+    ax.set_title("GRPO step vs prompt length, 8 prompts x G=8, tiny Llama", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    print(f"load average at end {os.getloadavg()}\nwrote {out} and {out.with_suffix('.png')}\ncommand: {cmd}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--lengths", default="16,32,64,128,256,512")
     ap.add_argument("--vocab", type=int, default=0, help="vocabulary size (0: the character tokenizer's ~100)")
+    ap.add_argument("--whole-steps", action="store_true", help="time whole GRPO steps against TRL (grpo_vs_trl.py per length)")
+    ap.add_argument("--steps", type=int, default=3, help="--whole-steps: timed steps per length (after one warm-up)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     cmd = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} .venv/bin/python " + " ".join(shlex.quote(x) for x in sys.argv)
     print(f"command: {cmd}\nload average at start {os.getloadavg()}")
     lengths = [int(x) for x in a.lengths.split(",")]
+    if a.whole_steps:
+        whole_steps(lengths, a.steps, cmd)
+        return
     policy = make_lm_policy(LMPolicyConfig(hidden_size=128, num_layers=4, num_heads=8, max_position=max(lengths) + COMPLETION + 8), seed=0)
     if a.vocab:  # a wider head (the character tokenizer's ids stay valid: they are < vocab)
         policy.model.resize_token_embeddings(a.vocab)

@@ -98,7 +98,18 @@ class PeakRSS:
 # ------------------------------------------------------------------------------------- warmstart
 
 
-def build_warmstart(tmp: Path, problems, total_steps: int, model_dir: str | None = None, compile: bool = False):
+def lengthen(problem, n: int):
+    """``problem`` with a fixed filler before its prompt, so that BOS + prompt is ``n`` characters
+    (= tokens of the character tokenizer); the question stays at the end, where the answer follows."""
+    from dataclasses import replace
+
+    filler = "".join(str(i % 10) + "+*"[i % 2] for i in range(n)) + " "
+    keep = max(0, n - 1 - len(problem.prompt))
+    return replace(problem, prompt=filler[:keep] + problem.prompt)
+
+
+def build_warmstart(tmp: Path, problems, total_steps: int, model_dir: str | None = None, compile: bool = False,
+                    max_position: int = 128):
     """A RunContext and a GRPO phase built from a recipe dict, with the benchmark's reward registered
     as a plug-in (what a user would do for their own reward)."""
     from pydantic import Field  # noqa: F401
@@ -123,7 +134,7 @@ def build_warmstart(tmp: Path, problems, total_steps: int, model_dir: str | None
         "seed": 0,
         "task": {"kind": "jsonl", "path": str(path), "test_fraction": 0.01, "max_new_tokens": MAX_NEW},
         "policy": ({"kind": "lm", "path": model_dir, "compile": compile} if model_dir else
-                   {"kind": "lm", "hidden_size": 128, "num_layers": 4, "num_heads": 4, "max_position": 128, "compile": compile}),
+                   {"kind": "lm", "hidden_size": 128, "num_layers": 4, "num_heads": 4, "max_position": max_position, "compile": compile}),
         "rewards": [{"kind": "bench_reward"}],
         "phases": [{
             "kind": "grpo", "steps": total_steps, "prompts_per_step": PROMPTS_PER_STEP, "group_size": GROUP,
@@ -202,6 +213,54 @@ def plain_forward(policy):
     policy.forward_logprobs = forward_logprobs
 
 
+def run_alone(system: str, arms: dict, problems, total: int, tmp: Path, chat: bool) -> None:
+    """``--only``: run ``total`` steps of one system in this process and print its memory as JSON:
+    the resident set after setup (model, optimizer not yet stepped) and its high-water mark during
+    the steps (sampled every 5 ms), so that neither system's allocations hide the other's."""
+    import copy
+    import gc
+
+    from transformers import TrainerCallback
+
+    ctx, phase = arms.pop("warmstart")
+    if system == "TRL":
+        model, tok = copy.deepcopy(ctx.policy.model), copy.deepcopy(ctx.policy.tokenizer)
+        del ctx, phase
+        arms.clear()
+        gc.collect()
+        trainer = build_trl(model, tok, problems, total, tmp / "trl", TrainerCallback(), chat=chat)
+        mem = PeakRSS()
+        trainer.train()
+    else:
+        mem = PeakRSS()
+        for k in range(total):
+            phase.step(k, k)
+    base = mem.base
+    above = mem.stop()
+    print(json.dumps({"system": system, "setup_rss_mb": base / 2**20, "peak_rss_mb": base / 2**20 + above,
+                      "peak_above_setup_mb": above}))
+
+
+def memory_of_each(a) -> None:
+    """``--memory``: each system alone in a child process (``--only``), same step shape; a table of
+    resident memory after setup and at the peak of the steps."""
+    import os
+    import subprocess
+
+    print("command: " + " ".join(shlex.quote(x) for x in [".venv/bin/python", *sys.argv]))
+    print(f"load average at start {os.getloadavg()}")
+    base = [sys.executable, os.path.abspath(__file__), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+    base += (["--model", a.model] if a.model else []) + (["--threads", str(a.threads)] if a.threads else [])
+    print("| system | RSS after setup MB | peak RSS during steps MB | peak above setup MB |")
+    print("| --- | --- | --- | --- |")
+    for system in ("TRL", "warmstart"):
+        done = subprocess.run(base + ["--only", system], capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"--only {system} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"| {system} | {r['setup_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['peak_above_setup_mb']:.0f} |", flush=True)
+
+
 def main() -> None:
     global PROMPTS_PER_STEP, GROUP, MAX_NEW, MARKER
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -213,7 +272,16 @@ def main() -> None:
                     help="a local HF model directory (or 'smollm2') instead of the tiny Llama: chat word problems, 4 x G=4, <= 64 tokens")
     ap.add_argument("--plain", action="store_true", help="also time warmstart's plain training forward (no prompt sharing, full logits)")
     ap.add_argument("--compile", action="store_true", help="also time warmstart with policy.compile: true")
+    ap.add_argument("--prompt-len", type=int, default=0,
+                    help="tiny model: lengthen every prompt to this many tokens with a fixed filler before the problem "
+                         "(the prompt-length sweep, grpo_prompt_sweep.py --whole-steps)")
+    ap.add_argument("--json", default=None, help="also write the per-system figures to this JSON file")
+    ap.add_argument("--memory", action="store_true",
+                    help="instead of timing: each system's peak memory, measured alone in its own process (--only)")
+    ap.add_argument("--only", choices=["TRL", "warmstart"], default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.memory:
+        return memory_of_each(a)
     if a.threads:
         torch.set_num_threads(a.threads)
     cmd = "OMP_NUM_THREADS=%s " % __import__("os").environ["OMP_NUM_THREADS"] if "OMP_NUM_THREADS" in __import__("os").environ else ""
@@ -242,17 +310,22 @@ def main() -> None:
 
         task = ChainArithmetic(ChainArithmeticConfig(n_demos=PROMPTS_PER_STEP * (total + 4), n_test=1), split="train")
         problems = task.problems
+        if a.prompt_len:
+            problems = [lengthen(p, a.prompt_len) for p in problems]
     tmp = Path(tempfile.mkdtemp(prefix="grpo_vs_trl-"))
-    arms = {"warmstart": build_warmstart(tmp, problems, total, model_dir)}
+    max_pos = max(128, a.prompt_len + MAX_NEW + 8)
+    arms = {"warmstart": build_warmstart(tmp, problems, total, model_dir, max_position=max_pos)}
     if a.plain:
         (tmp / "plain").mkdir()
-        arms["ws plain"] = build_warmstart(tmp / "plain", problems, total, model_dir)
+        arms["ws plain"] = build_warmstart(tmp / "plain", problems, total, model_dir, max_position=max_pos)
         arms["ws plain"][1].policy.model.load_state_dict(arms["warmstart"][0].policy.model.state_dict())
         plain_forward(arms["ws plain"][0].policy)
     if a.compile:
         (tmp / "compiled").mkdir()
-        arms["ws compile"] = build_warmstart(tmp / "compiled", problems, total, model_dir, compile=True)
+        arms["ws compile"] = build_warmstart(tmp / "compiled", problems, total, model_dir, compile=True, max_position=max_pos)
         arms["ws compile"][1].policy.model.load_state_dict(arms["warmstart"][0].policy.model.state_dict())
+    if a.only:
+        return run_alone(a.only, arms, problems, total, tmp, chat=bool(model_dir))
     ctx = arms["warmstart"][0]
     trl_model = copy.deepcopy(ctx.policy.model)  # same initial weights
     tokenizer = copy.deepcopy(ctx.policy.tokenizer)
@@ -340,8 +413,14 @@ def main() -> None:
     print(" peak step memory = resident-set high-water mark during a step above its start, max over timed steps;")
     print(" CPU s = this process's CPU time: with one thread, the work done, whatever else loads the machine)")
     print()
-    ratio = stats["warmstart"][0] / t[0]
-    print(f"target: warmstart >= 2x TRL steps/s -> {'MET' if ratio >= 2 else 'NOT MET'} ({ratio:.2f}x)")
+    for name in arms:
+        ratio = stats[name][0] / t[0]
+        print(f"target: {name} >= 2x TRL steps/s -> {'MET' if ratio >= 2 else 'NOT MET'} ({ratio:.2f}x)")
+    if a.json:
+        keys = ("steps_per_s", "s_per_step", "generation_s", "rest_s", "completion_tokens", "completion_tokens_per_s",
+                "peak_step_memory_mb", "cpu_s_median")
+        Path(a.json).write_text(json.dumps({"command": cmd, "prompt_len": a.prompt_len, "load_end": __import__("os").getloadavg(),
+                                            "systems": {n: dict(zip(keys, v)) for n, v in stats.items()}}, indent=1))
     print(f"command: {cmd}")
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,11 @@ def rss_only(variant: str, args) -> None:
     torch.set_num_threads(1)
     policy, phase = build(variant, args)
     phase.step(0, 0)
-    print(json.dumps({"variant": variant, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM: this program image's own high-water mark. Not ru_maxrss: Linux keeps that across fork and
+    # execve, so a child of this script's parent (two SmolLM2 policies resident, 5.2 GB) reported the
+    # parent's figure for both variants (RESULTS, issue 19)
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"variant": variant, "peak_rss_mb": hwm / 1024}))
 
 
 def main() -> None:

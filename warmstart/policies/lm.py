@@ -23,7 +23,7 @@ from warmstart.functional import logprobs_from_logits
 from warmstart.policies import POLICY_FILE
 from warmstart.policies.action_logprobs import DecoderPasses, action_logprobs, supports_action_logprobs
 from warmstart.policies.lora import LoRAConfig, adapter_model, apply_lora, is_lora, load_lora_policy_model, save_lora
-from warmstart.policies.sampler import LlamaKVSampler, Samples, hf_sample, kv_sampler_unsupported
+from warmstart.policies.sampler import LlamaKVSampler, Samples, hf_sample, kv_sampler_unsupported, sample_in_chunks
 from warmstart.registry import POLICIES
 
 
@@ -159,20 +159,15 @@ class LMPolicy:
         stop_ids: list[int] | None = None,
     ) -> Samples:
         """Continuations of each prompt (stop at EOS or ``stop_ids``), with behaviour log-probs."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            bs = batch_size or len(prompt_ids) or 1
-            parts = []
-            for i in range(0, len(prompt_ids), bs):
-                chunk = prompt_ids[i : i + bs]
-                if self._sampler is not None:
-                    parts.append(self._sampler.sample(chunk, max_new_tokens, self.eos_id, self.pad_id, temperature, top_p, generator, stop_ids))
-                else:
-                    parts.append(hf_sample(self.model, chunk, max_new_tokens, self.eos_id, self.pad_id, temperature, top_p, generator, stop_ids))
-        finally:
-            self.model.train(was_training)
-        return Samples([x for p in parts for x in p.ids], [x for p in parts for x in p.logprobs], [x for p in parts for x in p.finished])
+
+        def chunk(i: int, j: int) -> Samples:
+            if self._sampler is not None:
+                return self._sampler.sample(prompt_ids[i:j], max_new_tokens, self.eos_id, self.pad_id, temperature, top_p,
+                                            generator, stop_ids)
+            return hf_sample(self.model, prompt_ids[i:j], max_new_tokens, self.eos_id, self.pad_id, temperature, top_p,
+                             generator, stop_ids)
+
+        return sample_in_chunks(self.model, len(prompt_ids), batch_size, chunk)
 
     # -------------------------------------------------------------------------------------- learning
     def forward_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,

@@ -88,6 +88,7 @@ class LlamaKVSampler:
             raise ValueError(f"LlamaKVSampler cannot run this model: {why}")
         self.model = model
         self.compile_decode(compile)
+        self._w = None  # the fused weights of the current call (:meth:`_fuse`)
         cfg = model.config
         self.qk_norm = cfg.model_type == "qwen3"  # RMSNorm over head_dim on queries and keys, before RoPE
         self.n_layers = cfg.num_hidden_layers
@@ -225,6 +226,7 @@ class LlamaKVSampler:
         """Logits (B, P, V) of left-padded prompts (used by tests against the HF model)."""
         P = max(len(p) for p in prompts)
         state = self._prefill(prompts, P, pad_id, extra=0)
+        self._w = None
         return state["logits_all"]
 
     def _prefill(self, prompts, P, pad_id, extra, all_logits=True):
@@ -273,6 +275,13 @@ class LlamaKVSampler:
         B = len(prompts)
         if B == 0:
             return Samples([], [], [])
+        try:
+            return self._sample(prompts, max_new_tokens, eos_id, pad_id, temperature, top_p, generator, stop_ids)
+        finally:
+            self._w = None  # the fused weights are a copy of most of the model: do not keep it between calls
+
+    def _sample(self, prompts, max_new_tokens, eos_id, pad_id, temperature, top_p, generator, stop_ids) -> Samples:
+        B = len(prompts)
         P = max(len(p) for p in prompts)
         if P + max_new_tokens > self.max_pos:
             max_new_tokens = max(0, self.max_pos - P)
@@ -370,6 +379,21 @@ class LlamaKVSampler:
         else:
             tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+
+
+def sample_in_chunks(model, n: int, batch_size: int | None, sample_chunk) -> Samples:
+    """Rows ``[0, n)`` sampled ``batch_size`` at a time (all at once by default) by
+    ``sample_chunk(start, stop) -> Samples``, joined in row order; ``model`` is in eval mode meanwhile
+    (dropout off) and back in its own mode after, whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        bs = batch_size or n or 1
+        parts = [sample_chunk(i, min(i + bs, n)) for i in range(0, n, bs)]
+    finally:
+        model.train(was_training)
+    return Samples([x for p in parts for x in p.ids], [x for p in parts for x in p.logprobs],
+                   [x for p in parts for x in p.finished])
 
 
 def mark_decode_dynamic(tok, pos, kc, vc, bias) -> None:

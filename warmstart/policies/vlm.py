@@ -37,7 +37,7 @@ from warmstart.functional import logprobs_from_logits
 from warmstart.policies import POLICY_FILE
 from warmstart.policies.action_logprobs import DecoderPasses, action_logprobs, supports_action_logprobs
 from warmstart.policies.lm import PROBE, LMPolicy, message_suffix
-from warmstart.policies.sampler import LlamaKVSampler, Samples, cut_at_stops, left_pad
+from warmstart.policies.sampler import LlamaKVSampler, Samples, cut_at_stops, left_pad, sample_in_chunks
 from warmstart.registry import POLICIES
 
 IMAGE_TOKEN = "<image>"
@@ -438,25 +438,18 @@ class VLMPolicy:
         images = images if images is not None else [[] for _ in prompt_ids]
         if len(images) != len(prompt_ids):
             raise ValueError(f"{len(prompt_ids)} prompts but {len(images)} image lists")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            bs = batch_size or len(prompt_ids) or 1
-            parts = []
-            for i in range(0, len(prompt_ids), bs):
-                chunk, ims = prompt_ids[i : i + bs], images[i : i + bs]
-                uniq, rows = self._distinct(ims)
-                if self._sampler is not None:
-                    with torch.no_grad():
-                        feats = self.image_features(uniq) if uniq else None
-                    parts.append(self._sampler.sample_images(
-                        chunk, rows, feats, self.image_token_id, max_new_tokens=max_new_tokens, eos_id=self.eos_id,
-                        pad_id=self.pad_id, temperature=temperature, top_p=top_p, generator=generator, stop_ids=stop_ids))
-                else:
-                    parts.append(self._hf_sample(chunk, uniq, rows, max_new_tokens, temperature, top_p, generator, stop_ids))
-        finally:
-            self.model.train(was_training)
-        return Samples([x for p in parts for x in p.ids], [x for p in parts for x in p.logprobs], [x for p in parts for x in p.finished])
+
+        def chunk(i: int, j: int) -> Samples:
+            uniq, rows = self._distinct(images[i:j])
+            if self._sampler is None:
+                return self._hf_sample(prompt_ids[i:j], uniq, rows, max_new_tokens, temperature, top_p, generator, stop_ids)
+            with torch.no_grad():
+                feats = self.image_features(uniq) if uniq else None
+            return self._sampler.sample_images(
+                prompt_ids[i:j], rows, feats, self.image_token_id, max_new_tokens=max_new_tokens, eos_id=self.eos_id,
+                pad_id=self.pad_id, temperature=temperature, top_p=top_p, generator=generator, stop_ids=stop_ids)
+
+        return sample_in_chunks(self.model, len(prompt_ids), batch_size, chunk)
 
     def _hf_sample(self, prompts, uniq, rows, max_new_tokens, temperature, top_p, generator, stop_ids) -> Samples:
         """Fallback: HF ``generate`` on left-padded prompts with the image tensors in row order, then
