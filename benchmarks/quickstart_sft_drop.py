@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def sft_curve(recipe, window: int) -> tuple[list[float], dict]:
+def sft_curve(recipe) -> tuple[list[float], dict]:
     """Run the recipe's first SFT phase exactly as the engine would; returns its per-step losses
     and timings."""
     from warmstart.engine.run import build_context, seed_everything, step_seed
@@ -71,7 +71,7 @@ def main() -> None:
     rows, curves = [], {}
     for seed in args.seeds:
         recipe, _ = load_recipe(args.recipe, [f"seed={seed}", *args.sets])
-        losses, t = sft_curve(recipe, args.window)
+        losses, t = sft_curve(recipe)
         curves[seed] = losses
         row = {"seed": seed, "drop_step": drop_step(losses, args.threshold, args.window), "steps": len(losses),
                "final_loss": statistics.fmean(losses[-args.tail:]), **t}
