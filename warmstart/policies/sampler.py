@@ -342,15 +342,12 @@ class LlamaKVSampler:
                     vc = [c.index_select(0, idx) for c in vc]
             if t == max_new_tokens - 1:
                 break
-            if len(rows) > 1:
-                # tok is a view until the batch is compacted and a fresh tensor after: dynamo guards on
-                # that, so it always gets a fresh tensor (b ints) and one graph serves every step
-                args = (tok.clone(), next_pos, kc, vc, key_bias[:, : P + t + 1])
-                if self.passes.compile:
-                    mark_decode_dynamic(*args)
-                last = self.passes.run(self._decode_step, *args)
-            else:  # torch.compile specialises a batch of one: a last row runs eagerly, not a second compile
-                last = self._decode_step(tok, next_pos, kc, vc, key_bias[:, : P + t + 1])
+            bias = key_bias[:, : P + t + 1]
+            if self.passes.compile and len(rows) > 1:
+                mark_decode_dynamic(tok, next_pos, kc, vc, bias)
+                last = self.passes.run(self._decode_step, tok, next_pos, kc, vc, bias)
+            else:  # eager (torch.compile would specialise a last row's batch of one: a second compile)
+                last = self._decode_step(tok, next_pos, kc, vc, bias)
             next_pos = next_pos + 1
         L = lengths.tolist()
         ids_l = gen_ids.tolist()
