@@ -181,6 +181,8 @@ def test_convert_gguf_cli_round_trips_to_the_gguf_logits(tmp_path):
     pol = LMPolicy.from_pretrained(out)
     assert pol.chat  # the chat template travelled with the tokenizer
     assert pol.tokenizer.decode(pol.encode_prompt("hi")) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert pol.encode_prompts(["hi", "two words"]) == [pol.encode_prompt("hi"), pol.encode_prompt("two words")]
+    assert pol.encode_batch(["hello world", "x"]) == [pol.encode("hello world"), pol.encode("x")]
     ref = load_file(str(out / REFERENCE_FILE))
     with torch.no_grad():
         logits = pol.model(ref["input_ids"]).logits

@@ -73,3 +73,18 @@ def test_seeded_sampling_is_reproducible(tiny_policy_factory):
     a = pol.sample(p, 8, generator=torch.Generator().manual_seed(7))
     b = pol.sample(p, 8, generator=torch.Generator().manual_seed(7))
     assert a.ids == b.ids and a.logprobs == b.logprobs
+
+
+def test_batched_encoding_equals_text_by_text(tiny_policy_factory):
+    """``encode_prompts``/``encode_batch`` (one tokenizer call for a dataset) give the ids that
+    ``encode_prompt``/``encode`` give one text at a time, and ``demo_episodes`` uses them."""
+    from warmstart.learn.supervised import demo_episodes
+
+    pol = tiny_policy_factory(seed=0)
+    texts = ["3+2*5=", "", "7=  #1\n", "1+1+1+1*9=;worked"]
+    assert pol.encode_prompts(texts) == [pol.encode_prompt(t) for t in texts]
+    assert pol.encode_batch(texts) == [pol.encode(t) for t in texts]
+    assert pol.encode_batch([]) == [] and pol.encode_prompts([]) == []
+    eps = demo_episodes(pol, [("3+2=", "5"), ("9*9=", "1#1")])
+    assert [e.prompt_ids for e in eps] == [pol.encode_prompt("3+2="), pol.encode_prompt("9*9=")]
+    assert [e.ids for e in eps] == [pol.encode("5") + [pol.eos_id], pol.encode("1#1") + [pol.eos_id]]

@@ -44,6 +44,10 @@ class TokenPolicy(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
+    def encode_prompts(self, prompts: list[str]) -> list[list[int]]: ...  # encode_prompt of each, batched where it can be
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...  # encode of each, batched where it can be
+
     def decode(self, ids: list[int]) -> str: ...
 
     def sample(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,

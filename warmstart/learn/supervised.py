@@ -13,10 +13,13 @@ from warmstart.learn.optim import guarded_step
 
 def demo_episodes(policy, pairs: list[tuple[str, str]]) -> list[Episode]:
     """Turn (prompt, completion) pairs into episodes whose completion (+EOS) is the policy's turn."""
+    eos = [policy.eos_id] if policy.eos_id is not None else []
+    prompt_ids = policy.encode_prompts([p for p, _ in pairs])  # batched: one tokenizer call for a whole dataset
+    completion_ids = policy.encode_batch([c for _, c in pairs])
     eps = []
-    for prompt, completion in pairs:
-        e = Episode(prompt=prompt, prompt_ids=policy.encode_prompt(prompt))
-        ids = policy.encode(completion) + ([policy.eos_id] if policy.eos_id is not None else [])
+    for (prompt, completion), p_ids, c_ids in zip(pairs, prompt_ids, completion_ids):
+        e = Episode(prompt=prompt, prompt_ids=p_ids)
+        ids = c_ids + eos
         e.add_turn(ids, [0.0] * len(ids), completion)
         eps.append(e)
     return eps

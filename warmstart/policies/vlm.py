@@ -390,6 +390,11 @@ class VLMPolicy:
 
     # continuations are plain text: the text policy's own encode/decode (they read only the tokenizer)
     encode = LMPolicy.encode
+    encode_batch = LMPolicy.encode_batch
+
+    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
+        """:meth:`encode_prompt` of many text-only prompts."""
+        return [self.encode_prompt(p) for p in prompts]
     decode = LMPolicy.decode
 
     def encode_message(self, text: str, role: str | None, closed: bool = True, images: Sequence[Any] = ()) -> list[int]:
