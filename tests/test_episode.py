@@ -1,5 +1,6 @@
 """The episode type: multi-turn masks, collation, and zero gradient on environment tokens."""
 
+import pytest
 import torch
 
 from warmstart.episode import Episode, collate
@@ -26,6 +27,10 @@ def test_collate_alignment():
     assert b.turn_index[0].tolist() == [-1, -1, 0, 0, -1, -1, -1, 1, 1]
     assert b.action_mask[1].tolist() == [False, True] + [False] * 7
     assert b.attention_mask[1].tolist() == [1, 1, 1] + [0] * 7
+    empty = Episode(prompt="q", prompt_ids=[1, 12])  # a row with no interaction: nothing to score
+    assert collate([empty, short], pad_id=0, pad_to_multiple=4).action_mask[0].tolist() == [False] * 3
+    with pytest.raises(ValueError, match="no prompt tokens"):
+        collate([Episode(prompt="", prompt_ids=[])], pad_id=0)
 
 
 class _LeafPolicy:

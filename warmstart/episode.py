@@ -118,24 +118,30 @@ def collate(episodes: list[Episode], pad_id: int, pad_to_multiple: int = 8) -> T
     seqs = [e.prompt_ids + e.ids for e in episodes]
     T = max(len(s) for s in seqs)
     T = -(-T // pad_to_multiple) * pad_to_multiple if pad_to_multiple > 1 else T
-    B = len(seqs)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    attention = torch.zeros((B, T), dtype=torch.long)
-    action = torch.zeros((B, T - 1), dtype=torch.bool)
-    old_lp = torch.zeros((B, T - 1), dtype=torch.float32)
-    turn_idx = torch.full((B, T - 1), -1, dtype=torch.long)
-    for b, (e, s) in enumerate(zip(episodes, seqs)):
+    # rows are built as Python lists and converted once per tensor: per-row tensor writes cost ~30 us
+    # a row, i.e. milliseconds for an SFT batch of 128
+    ids_rows, att_rows, act_rows, lp_rows, turn_rows = [], [], [], [], []
+    for e, s in zip(episodes, seqs):
         e.check()
-        input_ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attention[b, : len(s)] = 1
-        p = len(e.prompt_ids)
-        n = len(e.ids)
-        if n:
-            # token ids[i] sits at input position p+i and is predicted at target position p+i-1
-            action[b, p - 1 : p - 1 + n] = torch.tensor(e.action_mask, dtype=torch.bool)
-            old_lp[b, p - 1 : p - 1 + n] = torch.tensor(e.logprobs, dtype=torch.float32)
-            for k, (s0, s1) in enumerate(e.turns):
-                turn_idx[b, p - 1 + s0 : p - 1 + s1] = k
+        if not e.prompt_ids:  # the first token needs a context to be predicted from
+            raise ValueError(f"collate(): episode {e.prompt[:40]!r} has no prompt tokens; a policy's encode_prompt "
+                             "gives at least BOS or the chat template's tokens")
+        pad = T - len(s)
+        ids_rows.append(s + [pad_id] * pad)
+        att_rows.append([1] * len(s) + [0] * pad)
+        # token ids[i] sits at input position p+i and is predicted at target position p+i-1
+        before, after = len(e.prompt_ids) - 1, T - len(s)  # target positions before / after the interaction
+        act_rows.append([0] * before + list(e.action_mask) + [0] * after)
+        lp_rows.append([0.0] * before + list(e.logprobs) + [0.0] * after)
+        turn = [-1] * len(e.ids)
+        for k, (s0, s1) in enumerate(e.turns):
+            turn[s0:s1] = [k] * (s1 - s0)
+        turn_rows.append([-1] * before + turn + [-1] * after)
+    input_ids = torch.tensor(ids_rows, dtype=torch.long)
+    attention = torch.tensor(att_rows, dtype=torch.long)
+    action = torch.tensor(act_rows, dtype=torch.bool)
+    old_lp = torch.tensor(lp_rows, dtype=torch.float32)
+    turn_idx = torch.tensor(turn_rows, dtype=torch.long)
     rewards = torch.tensor([float(e.reward) for e in episodes], dtype=torch.float32)
     groups = torch.tensor([e.group for e in episodes], dtype=torch.long)
     images = [list(e.images) for e in episodes] if any(e.images for e in episodes) else None
