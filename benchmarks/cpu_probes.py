@@ -82,9 +82,9 @@ def probe_decode_attention() -> None:
     U, G, h, P, t, D, L = 8, 8, 4, 29, 16, 32, 64  # 8 prompts x 8 rows, 29 prompt + 16 generated keys
     B, K = U * G, P + t
     kc, vc = torch.randn(B, h, L, D), torch.randn(B, h, L, D)
-    kt = kc.transpose(-1, -2).contiguous()
     kp, vp = kc[::G, :, :P].contiguous(), vc[::G, :, :P].contiguous()  # the prompts' keys, once each
     kc[:, :, :P], vc[:, :, :P] = kp.repeat_interleave(G, 0), vp.repeat_interleave(G, 0)
+    kt = kc.transpose(-1, -2).contiguous()
     ks, vs = kc[:, :, P:].contiguous(), vc[:, :, P:].contiguous()
     q, bias = torch.randn(B, h, 1, D), torch.zeros(B, 1, 1, K)
 
@@ -113,7 +113,7 @@ def probe_decode_attention() -> None:
         cf = torch.compile(f)
         fns[f"{name}, compiled"] = lambda cf=cf: cf(q)
     t = race(fns, calls=20)
-    print(f"one decode step's attention: {B} rows x {h} heads x {K} keys x {D} dims")
+    print(f"one decode step's attention: {B} rows x {h} heads x {K} keys x {D} dims\n")
     print("| variant | µs |")
     print("| --- | --- |")
     for k, v in t.items():
@@ -167,7 +167,7 @@ def probe_fused_forward(B: int = 32, T: int = 40) -> None:
     t = race({"HF, eager": train(hf), "fused, eager": train(fused),
               "HF, compiled": train(torch.compile(hf, dynamic=True)), "fused, compiled": train(torch.compile(fused, dynamic=True))},
              rounds=10, calls=3)
-    print(f"forward + backward, 4 layers, {B} x {T} tokens")
+    print(f"forward + backward, 4 layers, {B} x {T} tokens\n")
     print("| variant | ms |")
     print("| --- | --- |")
     for k, v in t.items():
@@ -209,7 +209,7 @@ def probe_malloc(pairs: int = 3, steps: int = 12) -> None:
             wall, faults = next(line for line in out.splitlines() if line.startswith("RESULT")).split()[1:]
             row += [wall, faults]
         print(f"| {i + 1} | " + " | ".join(row) + " |")
-    print("variables of the second arm: " + " ".join(f"{k}={v}" for k, v in KEEP_FREED.items()))
+    print("\nvariables of the second arm: " + " ".join(f"{k}={v}" for k, v in KEEP_FREED.items()))
 
 
 def main() -> None:
