@@ -88,13 +88,22 @@ def test_compiled_equals_eager_and_compiles_once_for_all_lengths():
     # distinct prompts (SFT, or G = 1) take the plain pass: one more graph, then none
     for k in range(3):
         eps = group_episodes(policy, rng, rng.sample(prompts, 2 + k), 1)
-        assert_same(policy, eager, collate(eps, policy.pad_id), cfg)
+        batch = collate(eps, policy.pad_id)
+        assert not batch.attention_mask.all()  # rows of other lengths: padding
+        assert_same(policy, eager, batch, cfg)
     assert graphs() - start == 2
+    # the plain pass runs on the rows' real extent (collate's pad-to-8 columns cut off); a batch that
+    # is then without padding passes no mask: one more graph, for every such batch
+    for k in range(3):
+        eps = group_episodes(policy, rng, rng.sample(prompts, 2 + k), 1)
+        same = [e for e in eps if len(e.prompt_ids) + len(e.ids) == len(eps[0].prompt_ids) + len(eps[0].ids)]
+        assert_same(policy, eager, collate(same, policy.pad_id), cfg)
+    assert graphs() - start == 3
     # torch.compile specialises sizes 0 and 1: a batch of one group (one prefix) or of one row is
     # run as two (the copy unused), so it reuses the general graphs
     for p, G in (("1+2*3", 3), ("9", 4), ("7", 1), ("1*2*3*4", 1)):
         assert_same(policy, eager, collate(group_episodes(policy, rng, [p], G), policy.pad_id), cfg)
-    assert graphs() - start == 2
+    assert graphs() - start == 3
     assert policy.passes.compile  # nothing fell back
 
 

@@ -69,9 +69,9 @@ def _inputs(x: torch.Tensor) -> dict:
     return {"input_ids": x} if x.dim() == 2 else {"inputs_embeds": x}
 
 
-def decoder_hidden(decoder, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+def decoder_hidden(decoder, ids: torch.Tensor, att: torch.Tensor | None) -> torch.Tensor:
     """Final hidden states (R, T, H) of right-padded rows ``ids`` (R, T) (or their embeddings (R, T,
-    H)): one plain decoder pass."""
+    H)): one plain decoder pass (``att`` None: no padding, plain causal attention)."""
     return decoder(**_inputs(ids), attention_mask=att).last_hidden_state
 
 
@@ -172,8 +172,15 @@ def action_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     x = (input_ids if inputs_embeds is None else inputs_embeds)[rows_t]  # (R, T) ids or (R, T, H) embeddings
     if not share_prefix or U == len(rows):
         att = attention_mask[rows_t]
+        # collate pads to a multiple of 8: the columns past the longest row are pure padding (6 of 24
+        # for an 18-token demo), so the pass runs on the rows' real extent only. A batch left without
+        # padding passes no mask (None, not an all-ones tensor, so that a compiled pass sees exactly two
+        # kinds of batch: HF takes a data-dependent branch on an all-ones mask)
+        T_real = int(att.sum(1).max())
+        x, att = x[:, :T_real], att[:, :T_real]
+        att = None if bool(att.all()) else att
         if passes.compile and len(rows) == 1:  # a second copy: a batch of one would compile a graph of its own
-            x, att = x.repeat(2, *[1] * (x.dim() - 1)), att.repeat(2, 1)
+            x = x.repeat(2, *[1] * (x.dim() - 1))
         hidden = passes.run(decoder_hidden, decoder, x, att)  # (R, T, H)
         h = hidden[r_idx, t_idx]  # (N, H)
     else:
