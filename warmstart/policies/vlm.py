@@ -391,11 +391,11 @@ class VLMPolicy:
     # continuations are plain text: the text policy's own encode/decode (they read only the tokenizer)
     encode = LMPolicy.encode
     encode_batch = LMPolicy.encode_batch
+    decode = LMPolicy.decode
 
     def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
-        """:meth:`encode_prompt` of many text-only prompts."""
+        """:meth:`encode_prompt` of many text-only prompts, one by one (each goes through the chat template or the processor)."""
         return [self.encode_prompt(p) for p in prompts]
-    decode = LMPolicy.decode
 
     def encode_message(self, text: str, role: str | None, closed: bool = True, images: Sequence[Any] = ()) -> list[int]:
         """Token ids of an environment message appended mid-episode (a tool's output), as the text
